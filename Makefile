@@ -1,0 +1,50 @@
+# vitlens — common tasks. `make help` lists them.
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+VOC_ROOT ?= data/voc
+OUT      ?= results
+MODEL    ?= vit_base_patch16_224.orig_in21k_ft_in1k
+METHODS  ?= all
+BATCH    ?= 32
+PYTEST_ARGS ?=
+
+.PHONY: help install browser test test-fast compute dashboard demo bench voc clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv and install vitlens (editable) with the dev extras
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+browser:  ## install Debian's chromium for the browser test (needs root/apt; skipped if present)
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -q && apt-get install -y -q chromium) ; } || \
+	  echo "chromium not installed: the browser test will be skipped"
+
+test: install browser  ## run the whole test suite (installs what it needs first)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install  ## the test suite without slow and browser tests
+	$(BIN)/python -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
+
+compute: install  ## the real job: VOC 2012 val, pretrained ViT, every method, GPU if present
+	$(BIN)/vitlens compute --voc-root $(VOC_ROOT) --split val --model $(MODEL) \
+	  --methods $(METHODS) --batch-size $(BATCH) --device auto --out $(OUT)
+
+voc: install  ## download and verify Pascal VOC 2012 trainval into $(VOC_ROOT) (needs internet)
+	$(BIN)/vitlens download-voc --to $(VOC_ROOT)
+
+dashboard: install  ## browse the results store in $(OUT)
+	$(BIN)/vitlens dashboard --store $(OUT)
+
+bench: install  ## throughput of every method (img/s) on this machine
+	$(BIN)/vitlens bench
+
+clean:  ## remove build artefacts (not the results store)
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,140 @@
+"""The ``vitlens`` command line. Thin: parse options, call one function, print a summary."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    name="vitlens",
+    help="Why did the Vision Transformer decide that? Explanation maps for timm ViTs, scored against "
+         "segmentation masks, stored as Parquet, browsed in a dashboard.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+stdout = Console()
+
+
+def _friendly_errors(fn):
+    """Turn the project's input errors into one red line and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from compute.data.voc import DatasetError
+        from compute.methods import MethodError
+        from compute.models import ModelError
+        from store.query import StoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DatasetError, MethodError, ModelError, StoreError, ValueError, FileNotFoundError) as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+@app.command()
+@_friendly_errors
+def compute(
+    voc_root: Path = typer.Option(..., "--voc-root", help="Folder holding VOCdevkit (or VOCdevkit / VOC2012 itself)."),
+    out: Path = typer.Option(Path("results"), "--out", help="Store folder (created; reruns resume into it)."),
+    split: str = typer.Option("val", help="ImageSets/Segmentation split: train, val or trainval."),
+    model: str = typer.Option("vit_base_patch16_224.orig_in21k_ft_in1k", help="timm model name (`vitlens models`)."),
+    weights: Optional[Path] = typer.Option(None, help="Local checkpoint (.safetensors/.pth) instead of hub weights."),
+    random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights (tests, offline smoke runs)."),
+    img_size: Optional[int] = typer.Option(None, help="Input size in pixels (default: the model's own)."),
+    methods: str = typer.Option("all", help="'all' or comma-separated names, options in parentheses: "
+                                            "rollout(head_fusion=max). `vitlens methods` lists them."),
+    protocol: str = typer.Option("report,clean", help="Scoring protocol(s), comma-separated: report, clean."),
+    target: Optional[str] = typer.Option(None, help="What to explain: top1 (default), class:<i>, or cls_norm "
+                                                    "(default for headless backbones)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per forward/backward pass."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:<i>."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images of the split."),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader worker processes (default: cores-1, max 4)."),
+    seed: int = typer.Option(0, help="Seed for --random-init."),
+):
+    """Explain every image of a VOC split with every requested method and write the scores to a store."""
+    from compute.runner import RunConfig, run
+
+    config = RunConfig(out=str(out), voc_root=str(voc_root), split=split, model=model,
+                       weights=str(weights) if weights else None, random_init=random_init, img_size=img_size,
+                       methods=methods, protocols=tuple(p.strip() for p in protocol.split(",") if p.strip()),
+                       target=target, batch_size=batch_size, device=device, limit=limit, seed=seed,
+                       num_workers=workers)
+    with Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("images", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = run(config, progress=progress)
+    stdout.print(summary.line())
+
+
+@app.command("methods")
+def list_methods():
+    """List every explanation method with what it needs and a one-line description."""
+    from compute.methods import PREFIX_FACTORIES, REGISTRY
+
+    table = Table(title="vitlens methods", show_lines=False)
+    for col in ("name", "class-specific", "resolution", "needs", "description"):
+        table.add_column(col, overflow="fold")
+    for name in sorted(REGISTRY):
+        cls = REGISTRY[name]
+        opts = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
+        table.add_row(name + (f"\n({opts})" if opts else ""), "yes" if cls.class_specific else "no",
+                      cls.resolution, ", ".join(sorted(cls.requires)), cls.summary)
+    for prefix, factory in sorted(PREFIX_FACTORIES.items()):
+        table.add_row(f"{prefix}:<a>*<b>", "-", "-", "-", (factory.__doc__ or "").strip().splitlines()[0])
+    stdout.print(table)
+
+
+@app.command("models")
+def list_models(pattern: str = typer.Argument("*", help="Glob over timm names, e.g. 'deit*' or '*dinov2*'.")):
+    """List the timm model names vitlens can explain (plain ViT blocks with a class token)."""
+    from compute.models import list_supported_models
+
+    names = list_supported_models(pattern)
+    for n in names:
+        stdout.print(n, highlight=False)
+    console.print(f"{len(names)} models")
+
+
+@app.command("download-voc")
+@_friendly_errors
+def download_voc_cmd(
+    to: Path = typer.Option(Path("data/voc"), "--to", help="Folder to hold VOCdevkit/VOC2012."),
+    keep_archive: bool = typer.Option(False, help="Keep the 2 GB tar after extracting."),
+):
+    """Download Pascal VOC 2012 trainval (official archive, MD5-verified) and extract it (needs internet)."""
+    from compute.data.voc import download_voc
+
+    with Progress(TextColumn("[bold]downloading"), BarColumn(), TextColumn("{task.fields[mb]}"),
+                  console=console) as bar:
+        task = bar.add_task("voc", total=None, mb="")
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None, mb=f"{done / 1e6:.0f} MB")
+
+        root = download_voc(to, keep_archive=keep_archive, progress=progress)
+    stdout.print(f"VOC 2012 ready at {root}; use --voc-root {to}")
+
+
+def main() -> None:  # console-script entry point
+    app(prog_name="vitlens")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Pascal VOC 2012 segmentation reader (VOCdevkit layout) and the official-archive download.
+
+Layout read (the standard one)::
+
+    <root>/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    <root>/VOCdevkit/VOC2012/SegmentationClass/<id>.png   palette PNG: 0 background, 1..20 classes, 255 void
+    <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+
+``root`` may be the folder holding ``VOCdevkit``, ``VOCdevkit`` itself, or ``VOC2012`` itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import tarfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+VOID = 255
+SPLITS = ("train", "val", "trainval")
+
+VOC2012_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
+VOC2012_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
+
+EXPECTED_LAYOUT = (
+    "expected a VOCdevkit tree: <root>/VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, "
+    "SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt}; --voc-root may name the folder holding "
+    "VOCdevkit, VOCdevkit itself or VOC2012 itself. To fetch it: vitlens download-voc --to <root>"
+)
+
+
+class DatasetError(ValueError):
+    """The data source is missing or malformed; the message says what was expected."""
+
+
+class SampleError(ValueError):
+    """One image cannot be used (corrupt file, missing mask, size mismatch); the run skips it."""
+
+
+@dataclass
+class Sample:
+    """One image with its ground truth, as every data source yields it."""
+
+    image_id: str
+    image: Image.Image  # RGB
+    mask: np.ndarray  # uint8 [H, W]: 0 background, 1..K object classes, 255 void
+    extra_masks: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. {"cue": bool [H, W]}
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def classes_present(self) -> list[int]:
+        values = np.unique(self.mask)
+        return [int(v) for v in values if v not in (0, VOID)]
+
+
+def resolve_voc_root(root: str | Path) -> Path:
+    """Return the ``VOC2012`` folder for any of the accepted ``--voc-root`` spellings."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"VOC root {str(root)!r} does not exist; {EXPECTED_LAYOUT}")
+    for candidate in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
+        if (candidate / "JPEGImages").is_dir() and (candidate / "SegmentationClass").is_dir():
+            return candidate
+    raise DatasetError(f"no JPEGImages/ and SegmentationClass/ under {str(root)!r}; {EXPECTED_LAYOUT}")
+
+
+class VOCSegmentation:
+    """Images and class masks of one VOC 2012 segmentation split.
+
+    Indexing returns a :class:`Sample` or raises :class:`SampleError` naming the problem, so that a batch job
+    can record the skip and carry on.
+    """
+
+    def __init__(self, root: str | Path, split: str = "val", limit: int | None = None,
+                 ids: list[str] | None = None):
+        if split not in SPLITS:
+            raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        self.root = resolve_voc_root(root)
+        if ids is None:
+            list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            if not list_file.is_file():
+                raise DatasetError(f"split list {str(list_file)!r} is missing; {EXPECTED_LAYOUT}")
+            ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        self.split = split
+        self.ids = ids[:limit] if limit else list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.root / "SegmentationClass" / f"{image_id}.png"
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.ids[index]
+        return load_voc_sample(self.image_path(image_id), self.mask_path(image_id), image_id)
+
+
+def load_voc_sample(image_path: Path, mask_path: Path, image_id: str) -> Sample:
+    if not image_path.is_file():
+        raise SampleError(f"image file missing: {image_path}")
+    if not mask_path.is_file():
+        raise SampleError(f"mask file missing: {mask_path}")
+    try:
+        with Image.open(image_path) as im:
+            image = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise SampleError(f"cannot decode image {image_path.name}: {exc}") from exc
+    try:
+        with Image.open(mask_path) as m:
+            if m.mode not in ("P", "L"):
+                raise SampleError(f"mask {mask_path.name} has mode {m.mode}; expected a palette (P) or L PNG "
+                                  "of class indices")
+            mask = np.array(m, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise SampleError(f"cannot decode mask {mask_path.name}: {exc}") from exc
+    if mask.shape != (image.height, image.width):
+        raise SampleError(f"mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                          f"{image.width}x{image.height}")
+    bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(len(VOC_CLASSES)), VOID])
+    if bad.size:
+        raise SampleError(f"mask {mask_path.name} holds values {bad.tolist()} outside 0..20 and 255")
+    return Sample(image_id=image_id, image=image, mask=mask)
+
+
+def download_voc(to: str | Path, url: str = VOC2012_URL, md5: str = VOC2012_MD5, keep_archive: bool = False,
+                 progress=None) -> Path:
+    """Download the official VOC 2012 trainval archive, verify its MD5 and extract it under ``to``.
+
+    Returns the ``VOC2012`` folder. ``progress(done_bytes, total_bytes)`` is called while downloading.
+    Extraction refuses members that would land outside ``to``.
+    """
+    to = Path(to).expanduser()
+    to.mkdir(parents=True, exist_ok=True)
+    archive = to / Path(url).name
+    if not (archive.is_file() and _md5(archive) == md5):
+        partial = archive.with_suffix(".tar.part")
+        with urllib.request.urlopen(url) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+        got = _md5(partial)
+        if got != md5:
+            partial.unlink(missing_ok=True)
+            raise DatasetError(f"checksum mismatch for {url}: got md5 {got}, expected {md5}; try again")
+        partial.rename(archive)
+    with tarfile.open(archive) as tar:
+        base = to.resolve()
+        for member in tar.getmembers():
+            if not (base / member.name).resolve().is_relative_to(base):
+                raise DatasetError(f"refusing archive member outside the target folder: {member.name}")
+        tar.extractall(to)
+    if not keep_archive:
+        archive.unlink()
+    return resolve_voc_root(to)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+__all__ = [
+    "VOC_CLASSES", "VOID", "SPLITS", "Sample", "VOCSegmentation", "DatasetError", "SampleError",
+    "resolve_voc_root", "load_voc_sample", "download_voc", "EXPECTED_LAYOUT",
+]

@@ -1,0 +1,108 @@
+"""Localisation metrics of the source protocol: upsample → min-max normalise → Otsu → compare with a mask.
+
+Pipeline per map (exactly as the report describes it):
+
+1. bilinear upsampling of the patch- or pixel-resolution map to the mask's size (``align_corners=False``);
+2. min-max normalisation to [0, 1]; a constant map becomes all zeros (no division by zero);
+3. Otsu's threshold (``skimage.filters.threshold_otsu``, 256 bins); pixels strictly above it are "on";
+   a constant map has no pixel above any threshold, so it is all "off";
+4. confusion counts against the ground-truth mask over the *valid* pixels → IoU (Jaccard), F1 (Dice),
+   pixel accuracy ((TP+TN)/valid), precision, recall.
+
+Undefined ratios (e.g. IoU when neither map nor mask has a positive pixel, recall with an empty mask) are
+returned as ``None`` and stored as NULL, so that averages skip them instead of inventing a value; precision
+with no positive prediction is 0 (nothing found is not precise).
+
+Ground truth per protocol (:func:`ground_truth`):
+
+- ``report`` — the source report's reading: every non-background pixel is object, and VOC's void band (255)
+  is not excluded, so it counts as object as a ``mask > 0`` implementation makes it; every pixel is scored.
+- ``clean`` — void pixels are excluded from every count; object = pixels of the VOC classes given
+  (all object classes when none are given).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.filters import threshold_otsu
+
+VOID = 255
+PROTOCOLS = ("report", "clean")
+
+
+def upsample(heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to ``size = (H, W)`` (float32)."""
+    t = torch.as_tensor(np.asarray(heatmap, dtype=np.float32) if not torch.is_tensor(heatmap) else heatmap)
+    t = t.detach().float().cpu()[None, None]
+    if tuple(t.shape[-2:]) != tuple(size):
+        t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
+    return t[0, 0].numpy()
+
+
+def minmax_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo <= 0:
+        return np.zeros_like(x)
+    return (x - lo) / (hi - lo)
+
+
+def otsu_binarise(normalised: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Boolean map of pixels above Otsu's threshold, and the threshold (None for a constant map)."""
+    if float(normalised.max()) <= float(normalised.min()):
+        return np.zeros(normalised.shape, dtype=bool), None
+    t = float(threshold_otsu(normalised, nbins=256))
+    return normalised > t, t
+
+
+def ground_truth(mask: np.ndarray, protocol: str, classes: list[int] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(object mask, valid-pixel mask) for a VOC class-index mask under ``protocol``."""
+    if protocol == "report":
+        return mask != 0, np.ones(mask.shape, dtype=bool)
+    if protocol == "clean":
+        valid = mask != VOID
+        gt = np.isin(mask, classes) if classes else (mask != 0) & valid
+        return gt & valid, valid
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def confusion(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> tuple[int, int, int, int]:
+    pred, gt = pred & valid, gt & valid
+    tp = int(np.count_nonzero(pred & gt))
+    fp = int(np.count_nonzero(pred & ~gt))
+    fn = int(np.count_nonzero(~pred & gt))
+    tn = int(np.count_nonzero(valid)) - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den > 0 else None
+
+
+def localisation_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> dict:
+    """IoU, F1, pixel accuracy, precision, recall of a binary map against a binary mask."""
+    valid = np.ones(gt.shape, dtype=bool) if valid is None else valid
+    tp, fp, fn, tn = confusion(pred.astype(bool), gt.astype(bool), valid.astype(bool))
+    return {
+        "iou": _ratio(tp, tp + fp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "pixel_accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+        "precision": float(tp) / (tp + fp) if (tp + fp) > 0 else 0.0,
+        "recall": _ratio(tp, tp + fn),
+        "pred_area": _ratio(tp + fp, tp + fp + fn + tn),
+        "gt_area": _ratio(tp + fn, tp + fp + fn + tn),
+    }
+
+
+def score_map(heatmap: torch.Tensor | np.ndarray, mask: np.ndarray, protocol: str,
+              classes: list[int] | None = None) -> dict:
+    """The whole pipeline for one map and one mask; adds the Otsu ``threshold`` to the scores."""
+    norm = minmax_normalise(upsample(heatmap, mask.shape))
+    binary, thr = otsu_binarise(norm)
+    gt, valid = ground_truth(mask, protocol, classes)
+    return {**localisation_scores(binary, gt, valid), "threshold": thr}

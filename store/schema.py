@@ -1,0 +1,106 @@
+"""Tables, columns and dtypes of the results store — the one definition the writer and every reader use.
+
+Layout under the store folder::
+
+    runs/<run_id>.json                         config, versions, timings, counts of one run
+    <table>/run_id=<run_id>/part-<key>.parquet  hive-partitioned part files of each table below
+
+A batch commits its rows as one part per table with the same ``<key>``; the ``metrics`` part is written last
+and is the commit marker (a ``heatmaps``/``images`` part without its ``metrics`` twin is an interrupted
+write and is removed on the next run).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+METRICS = pa.schema([
+    ("run_id", pa.string()),
+    ("image_id", pa.string()),
+    ("split", pa.string()),
+    ("model", pa.string()),
+    ("method", pa.string()),
+    ("protocol", pa.string()),
+    ("target_kind", pa.string()),        # "logit" (a class of the head), "cls_norm", "cosine", ...
+    ("target_class", pa.int32()),        # head class explained; NULL when the target is not a class
+    ("target_label", pa.string()),
+    ("target_value", pa.float32()),      # the explained scalar (the logit, the norm, ...)
+    ("pred_class", pa.int32()),          # top-1 of the head; NULL for a headless model
+    ("pred_label", pa.string()),
+    ("confidence", pa.float32()),        # softmax probability of pred_class; NULL for a headless model
+    ("gt_classes", pa.string()),         # VOC classes present, comma-separated names
+    ("iou", pa.float32()),
+    ("f1", pa.float32()),
+    ("pixel_accuracy", pa.float32()),
+    ("precision", pa.float32()),
+    ("recall", pa.float32()),
+    ("pred_area", pa.float32()),         # share of scored pixels the thresholded map marks
+    ("gt_area", pa.float32()),           # share of scored pixels that are ground-truth object
+    ("threshold", pa.float32()),         # Otsu threshold on the min-max normalised map; NULL if constant
+    ("seconds", pa.float32()),           # this method's share of the batch's compute time, per image
+])
+
+HEATMAPS = pa.schema([
+    ("run_id", pa.string()),
+    ("image_id", pa.string()),
+    ("method", pa.string()),
+    ("target_kind", pa.string()),
+    ("target_class", pa.int32()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("data", pa.binary()),               # float16 little-endian, row-major [height, width], as computed
+])
+
+IMAGES = pa.schema([
+    ("run_id", pa.string()),
+    ("image_id", pa.string()),
+    ("split", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("gt_classes", pa.list_(pa.string())),
+    ("top_classes", pa.list_(pa.int32())),   # top-5 of the head (empty for a headless model)
+    ("top_labels", pa.list_(pa.string())),
+    ("top_probs", pa.list_(pa.float32())),
+    ("thumbnail", pa.binary()),              # JPEG, longer side <= THUMBNAIL_SIZE
+    ("mask_png", pa.binary()),               # class-index mask, full size, PNG
+])
+
+SKIPS = pa.schema([
+    ("run_id", pa.string()),
+    ("image_id", pa.string()),
+    ("stage", pa.string()),                  # "load", "model", "method:<name>", ...
+    ("reason", pa.string()),
+])
+
+TABLES: dict[str, pa.Schema] = {"metrics": METRICS, "heatmaps": HEATMAPS, "images": IMAGES, "skips": SKIPS}
+COMMIT_TABLE = "metrics"
+THUMBNAIL_SIZE = 320
+METRIC_COLUMNS = ("iou", "f1", "pixel_accuracy", "precision", "recall")
+# A finished unit of work; a rerun skips rows whose key is already committed for the same run.
+RESUME_KEY = ("image_id", "method", "target_class", "protocol")
+
+
+def empty_table(name: str) -> pa.Table:
+    return TABLES[name].empty_table()
+
+
+def to_table(name: str, rows: list[dict]) -> pa.Table:
+    """Rows (dicts) -> Arrow table with exactly the table's schema; unknown keys are an error."""
+    schema = TABLES[name]
+    extra = set().union(*(r.keys() for r in rows)) - set(schema.names) if rows else set()
+    if extra:
+        raise KeyError(f"columns {sorted(extra)} are not in the {name!r} schema (store/schema.py)")
+    return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
+
+
+def encode_heatmap(heatmap: np.ndarray) -> bytes:
+    """A 2-D map -> the ``heatmaps.data`` bytes (float16, little-endian, row-major)."""
+    return np.ascontiguousarray(heatmap, dtype="<f2").tobytes()
+
+
+def decode_heatmap(data: bytes, height: int, width: int) -> np.ndarray:
+    """``heatmaps.data`` bytes -> float32 array ``[height, width]``."""
+    return np.frombuffer(data, dtype="<f2").reshape(int(height), int(width)).astype(np.float32)

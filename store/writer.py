@@ -1,0 +1,92 @@
+"""Atomic, resumable writes of part files (used only by the batch job)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from store.schema import COMMIT_TABLE, RESUME_KEY, SCHEMA_VERSION, TABLES, to_table
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class StoreWriter:
+    """Writes the parts of one run into ``out``; ``metrics`` last, as the commit marker of a batch."""
+
+    def __init__(self, out: str | Path, run_id: str):
+        self.out = Path(out)
+        self.run_id = run_id
+        for table in TABLES:
+            self.part_dir(table).mkdir(parents=True, exist_ok=True)
+        (self.out / "runs").mkdir(parents=True, exist_ok=True)
+        self.removed_orphans = self._remove_orphans()
+
+    def part_dir(self, table: str) -> Path:
+        return self.out / table / f"run_id={self.run_id}"
+
+    def _remove_orphans(self) -> int:
+        """Drop leftovers of an interrupted batch: temp files, and parts whose metrics twin never landed."""
+        committed = {p.name for p in self.part_dir(COMMIT_TABLE).glob("part-*.parquet")}
+        removed = 0
+        for table in TABLES:
+            for p in self.part_dir(table).glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+                removed += 1
+            if table in (COMMIT_TABLE, "skips"):
+                continue
+            for p in self.part_dir(table).glob("part-*.parquet"):
+                if p.name not in committed:
+                    p.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def _read_column_sets(self, table: str, columns: tuple[str, ...]) -> set[tuple]:
+        done: set[tuple] = set()
+        for p in sorted(self.part_dir(table).glob("part-*.parquet")):
+            t = pq.read_table(p, columns=list(columns))
+            done.update(zip(*(t.column(c).to_pylist() for c in columns)))
+        return done
+
+    def done_keys(self) -> set[tuple]:
+        """Committed ``(image_id, method, target_class, protocol)`` keys of this run."""
+        return self._read_column_sets(COMMIT_TABLE, RESUME_KEY)
+
+    def images_done(self) -> set[str]:
+        return {k[0] for k in self._read_column_sets("images", ("image_id",))}
+
+    def write_batch(self, key: str, tables: dict[str, list[dict]]) -> None:
+        """Commit one batch: every non-empty table's part, then the metrics part (the commit marker)."""
+        name = f"part-{key}.parquet"
+        for table in sorted(tables, key=lambda t: t == COMMIT_TABLE):
+            rows = tables[table]
+            if not rows and table != COMMIT_TABLE:
+                continue
+            self._write(table, name, rows)
+
+    def write_skips(self, key: str, rows: list[dict]) -> None:
+        if rows:
+            self._write("skips", f"part-{key}.parquet", rows)
+
+    def _write(self, table: str, name: str, rows: list[dict]) -> None:
+        for r in rows:
+            r.setdefault("run_id", self.run_id)
+        path = self.part_dir(table) / name
+        tmp = path.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(to_table(table, rows), tmp, compression="zstd")
+        os.replace(tmp, path)
+
+    def write_manifest(self, manifest: dict) -> Path:
+        path = self.out / "runs" / f"{self.run_id}.json"
+        previous = json.loads(path.read_text()) if path.exists() else {}
+        merged = {**previous, **manifest, "run_id": self.run_id, "schema_version": SCHEMA_VERSION}
+        merged["sessions"] = previous.get("sessions", []) + manifest.get("sessions", [])
+        _atomic_write_bytes(path, json.dumps(merged, indent=2, default=str).encode())
+        return path
