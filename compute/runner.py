@@ -26,7 +26,7 @@ from PIL import Image
 from compute.capture import capture
 from compute.data.voc import VOC_CLASSES, SampleError
 from compute.methods import Method, parse_methods
-from compute.metrics.localisation import PROTOCOLS, score_map
+from compute.metrics import PROTOCOLS, score
 from compute.models import LoadedModel, Preprocess, load_model
 from compute.targets import Target, parse_target
 from store.schema import THUMBNAIL_SIZE, encode_heatmap
@@ -117,6 +117,7 @@ class _Prepared:
             "extra_masks": sample.extra_masks, "meta": sample.meta, "width": sample.image.width,
             "height": sample.image.height, "classes": sample.classes_present,
             "thumbnail": _jpeg_thumbnail(sample.image), "mask_png": _png(sample.mask),
+            "cue_png": _png(sample.extra_masks["cue"]) if "cue" in sample.extra_masks else None,
         }
 
 
@@ -258,7 +259,8 @@ def _explain_batch(good, todo, loaded: LoadedModel, target: Target, protocols, d
             "top_classes": top.indices[b].tolist() if top is not None else [],
             "top_labels": [loaded.label(c) for c in top.indices[b].tolist()] if top is not None else [],
             "top_probs": top.values[b].tolist() if top is not None else [],
-            "thumbnail": it["thumbnail"], "mask_png": it["mask_png"],
+            "thumbnail": it["thumbnail"], "mask_png": it["mask_png"], "cue_png": it["cue_png"],
+            "meta": json.dumps(it["meta"], default=str) if it["meta"] else None,
         })
     for m in methods:
         t1 = time.perf_counter()
@@ -285,9 +287,11 @@ def _explain_batch(good, todo, loaded: LoadedModel, target: Target, protocols, d
                 "pred_label": loaded.label(pred) if pred is not None else None,
                 "confidence": float(probs[b, pred]) if probs is not None else None,
                 "gt_classes": ",".join(_name(class_names, c) for c in it["classes"]), "seconds": seconds,
+                "image_group": it["meta"].get("group"),
             }
             for protocol in protocols:
-                metric_rows.append({**common, "protocol": protocol, **score_map(maps_np[b], it["mask"], protocol)})
+                metric_rows.append({**common, "protocol": protocol,
+                                    **score(maps_np[b], it["mask"], protocol, extra_masks=it["extra_masks"])})
             heatmap_rows.append({"image_id": it["image_id"], "method": m.key, "target_kind": target.kind,
                                  "target_class": common["target_class"], "height": maps_np.shape[1],
                                  "width": maps_np.shape[2], "data": encode_heatmap(maps_np[b])})

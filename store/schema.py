@@ -32,6 +32,9 @@ METRICS = pa.schema([
     ("pred_label", pa.string()),
     ("confidence", pa.float32()),        # softmax probability of pred_class; NULL for a headless model
     ("gt_classes", pa.string()),         # VOC classes present, comma-separated names
+    ("image_group", pa.string()),        # a data source's own grouping (e.g. aligned / conflict / no_cue)
+    ("correct", pa.bool_()),             # top-1 maps to a VOC class present in the image; NULL if unmappable
+    ("gt_target", pa.string()),          # VOC class(es) whose pixels were the object mask for this row
     ("iou", pa.float32()),
     ("f1", pa.float32()),
     ("pixel_accuracy", pa.float32()),
@@ -40,6 +43,20 @@ METRICS = pa.schema([
     ("pred_area", pa.float32()),         # share of scored pixels the thresholded map marks
     ("gt_area", pa.float32()),           # share of scored pixels that are ground-truth object
     ("threshold", pa.float32()),         # Otsu threshold on the min-max normalised map; NULL if constant
+    # threshold-free localisation
+    ("relevance_mass", pa.float32()),    # share of the map's (non-negative) mass inside the object mask
+    ("relevance_rank", pa.float32()),    # share of the top-|mask| pixels of the map that lie inside the mask
+    ("pointing_game", pa.float32()),     # 1 if the map's maximum lies inside the mask, else 0
+    ("roc_auc", pa.float32()),           # ROC-AUC of map values as a score for object vs background
+    # faithfulness (optional, costs extra forward passes)
+    ("deletion_auc", pa.float32()),
+    ("insertion_auc", pa.float32()),
+    # planted-cue diagnostics (images that carry a cue mask)
+    ("cue_mass", pa.float32()),          # share of the map's mass on the cue mask
+    ("object_mass", pa.float32()),       # share of the map's mass on the object mask
+    ("cue_iou", pa.float32()),           # IoU of the Otsu-thresholded map with the cue mask
+    ("object_iou", pa.float32()),
+    ("cue_area", pa.float32()),          # share of pixels the cue covers
     ("seconds", pa.float32()),           # this method's share of the batch's compute time, per image
 ])
 
@@ -66,6 +83,8 @@ IMAGES = pa.schema([
     ("top_probs", pa.list_(pa.float32())),
     ("thumbnail", pa.binary()),              # JPEG, longer side <= THUMBNAIL_SIZE
     ("mask_png", pa.binary()),               # class-index mask, full size, PNG
+    ("cue_png", pa.binary()),                # optional second mask (planted cue), full size, PNG; NULL if none
+    ("meta", pa.string()),                   # JSON object of source-specific facts (e.g. cue class, group)
 ])
 
 SKIPS = pa.schema([
