@@ -1,0 +1,141 @@
+"""End to end on real VOC images: CLI → runner → Parquet store → DuckDB, bad input, resume without duplicates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from compute.cli import app
+from compute.methods import REGISTRY
+from compute.runner import RunConfig, run
+from store.query import connect, method_summary
+from tests.test_voc import make_broken_tree
+
+REPO = Path(__file__).resolve().parents[1]
+cli = CliRunner()
+FAST = ["--random-init", "--model", "vit_tiny_patch16_224", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def store(voc_mini, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store")
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("vitlens")), "compute", "--voc-root", str(voc_mini), "--methods",
+         "raw_attention,rollout,gradcam,agcam", "--out", str(out), "--batch-size", "4", *FAST],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "10 images × 4 methods" in result.stdout
+    return out
+
+
+def test_store_holds_ten_images_times_four_methods_with_metrics_in_unit_range(store):
+    con = connect(store)
+    n, images, methods = con.execute(
+        "SELECT count(*), count(DISTINCT image_id), count(DISTINCT method) FROM metrics WHERE protocol = ?",
+        ["report"]).fetchone()
+    assert (n, images, methods) == (40, 10, 4)
+    for col in ("iou", "f1", "pixel_accuracy", "precision", "recall"):
+        lo, hi, nulls = con.execute(f"SELECT min({col}), max({col}), count(*) - count({col}) FROM metrics").fetchone()
+        assert 0.0 <= lo <= hi <= 1.0 and nulls == 0, col
+    assert con.execute("SELECT count(*) FROM heatmaps").fetchone()[0] == 40
+    assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 10
+    h, w = con.execute("SELECT DISTINCT height, width FROM heatmaps").fetchone()
+    assert (h, w) == (14, 14)
+    row = con.execute("SELECT model, pred_label, confidence, target_class = pred_class FROM metrics LIMIT 1").fetchone()
+    assert row[0] == "vit_tiny_patch16_224" and row[1] and 0 < row[2] <= 1 and row[3]
+    assert len(method_summary(con, protocol="clean")) == 4
+    (run_json,) = list((store / "runs").glob("*.json"))
+    assert '"timm"' in run_json.read_text()
+
+
+def test_report_and_clean_protocols_differ_only_where_void_matters(store):
+    con = connect(store)
+    diff = con.execute("""
+        SELECT count(*) FROM metrics r JOIN metrics c USING (image_id, method)
+        WHERE r.protocol = 'report' AND c.protocol = 'clean' AND r.gt_area <> c.gt_area""").fetchone()[0]
+    assert diff == 40  # every VOC mask has void pixels: counting them as object changes the object area
+
+
+def test_rerun_into_the_same_store_adds_no_rows(store, voc_mini):
+    before = connect(store).execute("SELECT count(*) FROM metrics").fetchone()[0]
+    result = cli.invoke(app, ["compute", "--voc-root", str(voc_mini), "--methods", "raw_attention,rollout,gradcam,agcam",
+                              "--out", str(store), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "10 already done" in result.output.replace("\n", " ")
+    con = connect(store)
+    assert con.execute("SELECT count(*) FROM metrics").fetchone()[0] == before
+    assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 10
+
+
+def test_adding_a_method_later_computes_only_that_method(store, voc_mini):
+    summary = run(RunConfig(out=str(store), voc_root=str(voc_mini), model="vit_tiny_patch16_224",
+                            random_init=True, methods="raw_attention,rollout(head_fusion=max)", num_workers=0))
+    assert summary.images == 10 and summary.rows == 20  # 10 images × 1 new method × 2 protocols
+    con = connect(store)
+    assert con.execute("SELECT count(DISTINCT method) FROM metrics").fetchone()[0] == 5
+    assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 10
+
+
+def test_corrupt_image_and_missing_mask_are_skipped_with_reasons(voc_mini, tmp_path):
+    root, good = make_broken_tree(voc_mini, tmp_path / "voc")
+    out = tmp_path / "store"
+    result = cli.invoke(app, ["compute", "--voc-root", str(root), "--methods", "raw_attention", "--out", str(out),
+                              "--batch-size", "2", *FAST])
+    assert result.exit_code == 0, result.output
+    con = connect(out)
+    skipped = dict(con.execute("SELECT image_id, reason FROM skips").fetchall())
+    assert set(skipped) == {"corrupt", "nomask", "badsize"}
+    assert "mask file missing" in skipped["nomask"]
+    assert sorted(r[0] for r in con.execute("SELECT DISTINCT image_id FROM metrics").fetchall()) == sorted(good)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--methods", "nonsense"], "unknown method 'nonsense'; valid: agcam"),
+    (["--model", "vit_nonexistent_patch16"], "unknown model 'vit_nonexistent_patch16'"),
+    (["--model", "resnet50"], "not supported"),
+    (["--protocol", "strict"], "unknown protocol 'strict'"),
+])
+def test_bad_names_exit_nonzero_with_the_valid_choices(voc_mini, tmp_path, args, expected):
+    base = ["compute", "--voc-root", str(voc_mini), "--out", str(tmp_path), "--random-init", "--workers", "0"]
+    if "--model" not in args:
+        base += ["--model", "vit_tiny_patch16_224"]
+    result = cli.invoke(app, base + args)
+    assert result.exit_code == 2
+    assert expected in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_missing_voc_root_names_the_expected_layout(tmp_path):
+    result = cli.invoke(app, ["compute", "--voc-root", str(tmp_path / "absent"), "--out", str(tmp_path), *FAST])
+    assert result.exit_code == 2
+    assert "VOCdevkit/VOC2012" in " ".join(result.output.split())
+
+
+def test_weights_and_random_init_together_are_refused(voc_mini, tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"")
+    result = cli.invoke(app, ["compute", "--voc-root", str(voc_mini), "--out", str(tmp_path), "--weights", str(f), *FAST])
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_methods_command_lists_every_registered_method():
+    result = cli.invoke(app, ["methods"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in REGISTRY:
+        assert name in result.output
+
+
+def test_part_files_are_plain_parquet_with_the_schema(store):
+    from store.schema import METRICS
+
+    part = next((store / "metrics").glob("run_id=*/part-*.parquet"))
+    assert pq.read_schema(part).names == METRICS.names
+    assert not list(store.rglob("*.tmp"))
+
+
