@@ -132,6 +132,55 @@ def download_voc_cmd(
     stdout.print(f"VOC 2012 ready at {root}; use --voc-root {to}")
 
 
+@app.command()
+@_friendly_errors
+def bench(
+    model: str = typer.Option("vit_base_patch16_224", help="timm model name (random weights: speed only)."),
+    methods: str = typer.Option("all", help="'all' or comma-separated method specs."),
+    batch_size: int = typer.Option(8, min=1, help="Images per pass."),
+    batches: int = typer.Option(2, min=1, help="Batches per timed repetition."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:<i>."),
+    img_size: Optional[int] = typer.Option(None, help="Input size (default: the model's own)."),
+    repeat: int = typer.Option(3, min=1, help="Timed repetitions (best is reported)."),
+    baseline_images: int = typer.Option(2, min=1, help="Images for the per-image, per-method baseline."),
+    bf16: bool = typer.Option(False, "--bf16", help="Also report how bf16 autocast changes the maps."),
+):
+    """Print img/s of every method beside the forward and forward+backward rooflines, and the shared-capture
+    speed-up over a per-image, one-method-per-pass baseline."""
+    import torch
+
+    from compute.bench import bf16_effect, run_bench
+    from compute.methods import parse_methods
+    from compute.models import load_model
+    from compute.runner import resolve_device
+
+    dev = resolve_device(device)
+    loaded = load_model(model, random_init=True, img_size=img_size, device=dev)
+    chosen = parse_methods(methods)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    console.print(f"{model} fp32 · batch {batch_size} · {name} · {len(chosen)} methods")
+    with console.status("measuring") as status:
+        rows, facts = run_bench(loaded.model, loaded.input_size, chosen, batch_size, dev, batches=batches,
+                                repeat=repeat, baseline_images=baseline_images,
+                                progress=lambda label: status.update(f"measuring {label}"))
+    table = Table(title=f"vitlens bench — {model}, batch {batch_size}, {name}")
+    table.add_column("what")
+    table.add_column("img/s", justify="right")
+    table.add_column("note")
+    for r in rows:
+        table.add_row(r.name, f"{r.images_per_second:,.2f}", r.note)
+    stdout.print(table)
+    extra = ", ".join(f"{k}={v:,.1f}" for k, v in facts.items())
+    stdout.print(f"shared capture vs per-image baseline: {facts['speedup_shared_vs_baseline']:.1f}x; {extra}")
+    if bf16:
+        t = Table(title="bf16 autocast vs fp32 maps")
+        for col in ("method", "mean correlation", "mean Otsu-mask IoU"):
+            t.add_column(col)
+        for key, corr, iou in bf16_effect(loaded.model, loaded.input_size, chosen, batch_size, dev):
+            t.add_row(key, f"{corr:.4f}", f"{iou:.4f}")
+        stdout.print(t)
+
+
 def main() -> None:  # console-script entry point
     app(prog_name="vitlens")
 
