@@ -8,6 +8,9 @@ the class token's row over the patches, ``R[cls, patches]``.
 The row sum is taken with ``keepdim`` so that row i is divided by its own sum; the widely copied
 ``a / a.sum(dim=-1)`` broadcasts the sums along the wrong axis (column j is divided by row j's sum).
 Options: ``head_fusion`` in {mean, max, min}; ``start_layer`` (0-based, default 0 = all blocks).
+
+Only the class token's row of R is read, so it is built from the left, ``r ← r·Â_l`` for l = L … s starting
+from ``r = e_cls``: the same numbers with O(N²) instead of O(N³) work per block.
 """
 
 import torch
@@ -44,11 +47,12 @@ class Rollout(Method):
         if not layers:
             raise MethodError(f"rollout start_layer={self.options['start_layer']} leaves no block "
                               f"(the model has {len(cap.attn)})")
-        n = layers[0].shape[-1]
+        b, _, n, _ = layers[0].shape
         eye = torch.eye(n, dtype=layers[0].dtype, device=layers[0].device)
-        joint = None
-        for attn in layers:
+        row = torch.zeros(b, 1, n, dtype=layers[0].dtype, device=layers[0].device)
+        row[:, 0, 0] = 1.0  # e_cls
+        for attn in reversed(layers):  # R = Â_L ⋯ Â_s, its first row built from the left
             a = fuse_heads(attn, self.options["head_fusion"]) + eye
             a = a / a.sum(dim=-1, keepdim=True)
-            joint = a if joint is None else a @ joint
-        return cap.to_grid(joint[:, 0, :])
+            row = row @ a
+        return cap.to_grid(row[:, 0, :])
