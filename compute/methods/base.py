@@ -24,6 +24,8 @@ class Method:
     class_specific: ClassVar[bool] = False
     resolution: ClassVar[str] = "patch"
     defaults: ClassVar[dict] = {}
+    # options that change how a map is computed (e.g. parallelism) but never its values: not part of the key
+    execution_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)
@@ -35,7 +37,8 @@ class Method:
     @property
     def key(self) -> str:
         """Stored name: the registry name plus any non-default options."""
-        changed = {k: v for k, v in self.options.items() if v != self.defaults.get(k)}
+        changed = {k: v for k, v in self.options.items()
+                   if k not in self.execution_options and v != self.defaults.get(k)}
         if not changed:
             return self.name
         return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")"

@@ -1,0 +1,1 @@
+"""Numerical building blocks shared by the methods (numpy/scipy only, no torch)."""
