@@ -78,6 +78,9 @@ class Captured:
     def to_grid(self, token_values: Tensor) -> Tensor:
         """``[B, N]`` values per token -> ``[B, gh, gw]`` patch map (prefix tokens dropped)."""
         gh, gw = self.grid
+        if token_values.shape[-1] != self.num_prefix_tokens + gh * gw:
+            raise ValueError(f"{token_values.shape[-1]} tokens do not make {self.num_prefix_tokens} prefix tokens "
+                             f"and a {gh}x{gw} patch grid (input of another size than the model's?)")
         return token_values[:, self.num_prefix_tokens:].reshape(-1, gh, gw)
 
 
