@@ -5,6 +5,16 @@ For each batch the runner asks every method what it ``requires``, runs one captu
 method, scores each map under every protocol, and commits the batch's rows as one set of part files.
 Work already committed for the same run (same config hash) is skipped, so a rerun into the same ``--out``
 neither repeats work nor duplicates rows.
+
+What is explained: by default one target per image (``--target``, top-1 for a classifier), one capture per
+batch. With ``explain="present"`` the ``clean`` protocol instead explains every VOC class present in the
+image (target: log-sum-exp of the logits of the ImageNet classes mapped to it, see
+:mod:`compute.data.classmap`), one row per present class; that needs one capture per distinct target set, i.e.
+capture ``r`` explains each image's ``r``-th present class (images with fewer classes sit it out), plus the
+top-1 capture when ``report`` is also asked for. ``min_confidence`` drops images whose top-1 probability is
+not above it before any capture (one gradient-free forward). ``faithfulness`` adds deletion/insertion curves
+(:mod:`compute.metrics.faithfulness`) for every map, i.e. per capture (once per explained class with
+``explain="present"``), timed separately in the run manifest (``timings.faithfulness_seconds``).
 """
 
 from __future__ import annotations
@@ -24,11 +34,13 @@ import torch
 from PIL import Image
 
 from compute.capture import capture
+from compute.data.classmap import ClassMap, classmap_for
 from compute.data.voc import VOC_CLASSES, SampleError
 from compute.methods import Method, parse_methods
-from compute.metrics import PROTOCOLS, score
+from compute.metrics import PROTOCOLS, PreparedMap, score
+from compute.metrics.faithfulness import BASELINES, deletion_insertion, probability_score, value_score
 from compute.models import LoadedModel, Preprocess, load_model
-from compute.targets import Target, parse_target
+from compute.targets import Target, parse_target, voc_logsumexp
 from store.schema import THUMBNAIL_SIZE, encode_heatmap
 from store.writer import StoreWriter
 
@@ -50,16 +62,28 @@ class RunConfig:
     limit: int | None = None
     seed: int = 0
     num_workers: int | None = None
+    explain: str = "top1"  # "top1": the --target; "present": clean explains every present VOC class
+    min_confidence: float | None = None  # only images whose top-1 probability is above it
+    faithfulness: bool = False
+    faithfulness_steps: int = 10
+    faithfulness_baseline: str = "zero"
 
     def identity(self) -> dict:
-        """What makes two runs' rows comparable; its hash is the run id (methods and limits are not part of it)."""
+        """What makes two runs' rows comparable; its hash is the run id (methods, limits and the confidence
+        filter are not part of it: they choose which rows are computed, not their values)."""
         weights = self.weights
         if weights and Path(weights).is_file():
             st = Path(weights).stat()
             weights = f"{Path(weights).resolve()}:{st.st_size}:{int(st.st_mtime)}"
-        return {"model": self.model, "weights": weights, "random_init": self.random_init,
-                "seed": self.seed if self.random_init else None, "img_size": self.img_size, "split": self.split,
-                "protocols": sorted(self.protocols), "target": self.target}
+        ident = {"model": self.model, "weights": weights, "random_init": self.random_init,
+                 "seed": self.seed if self.random_init else None, "img_size": self.img_size, "split": self.split,
+                 "protocols": sorted(self.protocols), "target": self.target}
+        # only when not the default, so that the run ids of earlier stores stay what they were
+        if self.explain != "top1":
+            ident["explain"] = self.explain
+        if self.faithfulness:
+            ident["faithfulness"] = {"steps": self.faithfulness_steps, "baseline": self.faithfulness_baseline}
+        return ident
 
     def run_id(self) -> str:
         return hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
@@ -75,15 +99,19 @@ class RunSummary:
     methods: list[str] = field(default_factory=list)
     rows: int = 0
     seconds: float = 0.0
+    faithfulness_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # e.g. why the class-aware protocol does not apply
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        faith = f", {self.faithfulness_seconds:.1f} s of it faithfulness" if self.faithfulness_seconds else ""
         return (f"{self.images} images × {len(self.methods)} methods in {self.seconds:.1f} s "
-                f"({self.images_per_second:.2f} img/s); {self.rows} metric rows, {self.skipped} skipped, "
-                f"{self.already_done} already done → {self.out} (run {self.run_id})")
+                f"({self.images_per_second:.2f} img/s{faith}); {self.rows} metric rows, {self.skipped} skipped, "
+                f"{self.already_done} already done → {self.out} (run {self.run_id})"
+                + "".join(f"\nnote: {n}" for n in self.notes))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -170,16 +198,22 @@ def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
     else:
         loaded.model.to(device)
     target = parse_target(config.target, loaded.headless)
+    cmap, cmap_reason = classmap_for(loaded.num_classes, loaded.labels, class_names)
+    _check_options(config, loaded, cmap, cmap_reason)
 
     run_id = config.run_id()
     writer = StoreWriter(config.out, run_id)
     done = writer.done_keys()
     images_done = writer.images_done()
     summary = RunSummary(run_id=run_id, out=str(config.out), methods=[m.key for m in methods])
+    if cmap is None:
+        summary.notes.append(cmap_reason)
     writer.write_manifest({
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": {**asdict(config), **config.identity(),
                                                                    "weights": loaded.weights},
         "versions": versions(), "methods": summary.methods,
+        "class_map": ({"name": cmap.name, "version": cmap.version} if cmap is not None
+                      else {"unsupported": cmap_reason}),
         "sessions": [{"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": summary.methods,
                       "device": str(device)}],
     })
@@ -191,7 +225,8 @@ def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
         persistent_workers=False)
     total = len(dataset)
     seen = 0
-    capture_seconds = 0.0
+    ctx = _Context(config=config, loaded=loaded, target=target, device=device, class_names=class_names, cmap=cmap,
+                   writer=writer, images_done=images_done)
     for items in loader:
         seen += len(items)
         skips = [{"image_id": it["image_id"], "stage": "load", "reason": it["error"]} for it in items if it["error"]]
@@ -200,10 +235,9 @@ def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
         summary.skipped += len(skips)
         todo = _work_left(good, methods, config.protocols, done)
         if todo:
-            rows, t_cap = _explain_batch(good, todo, loaded, target, config.protocols, device, config.split,
-                                         class_names, writer, key, images_done, skips)
-            capture_seconds += t_cap
-            summary.images += len(todo)
+            rows, filtered = _explain_batch(good, todo, ctx, key, skips)
+            summary.images += len(todo) - filtered
+            summary.skipped += filtered
             summary.rows += rows
         else:
             writer.write_skips(key, skips)
@@ -212,10 +246,12 @@ def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
             progress(seen, total)
 
     summary.seconds = time.perf_counter() - t_start
+    summary.faithfulness_seconds = ctx.faithfulness_seconds
     writer.write_manifest({
         "counts": {"images": summary.images, "skipped": summary.skipped, "already_done": summary.already_done,
                    "rows": summary.rows},
-        "timings": {"total_seconds": round(summary.seconds, 3), "capture_seconds": round(capture_seconds, 3),
+        "timings": {"total_seconds": round(summary.seconds, 3), "capture_seconds": round(ctx.capture_seconds, 3),
+                    "faithfulness_seconds": round(ctx.faithfulness_seconds, 3),
                     "images_per_second": round(summary.images_per_second, 3)},
     })
     return summary
@@ -233,27 +269,149 @@ def _work_left(good: list[dict], methods: list[Method], protocols, done: set) ->
     return left
 
 
-def _explain_batch(good, todo, loaded: LoadedModel, target: Target, protocols, device, split, class_names,
-                   writer: StoreWriter, key: str, images_done: set, skip_rows: list[dict]) -> tuple[int, float]:
+@dataclass
+class _Context:
+    """What every batch of one run shares."""
+
+    config: RunConfig
+    loaded: LoadedModel
+    target: Target
+    device: torch.device
+    class_names: tuple[str, ...]
+    cmap: ClassMap | None
+    writer: StoreWriter
+    images_done: set
+    capture_seconds: float = 0.0
+    faithfulness_seconds: float = 0.0
+
+
+@dataclass
+class _Pass:
+    """One capture: a target over a subset of the batch's images, scored under some protocols."""
+
+    target: Target
+    rows: list[int]                 # positions in the batch's item list
+    protocols: list[str]
+    voc: list[int] | None = None    # VOC class explained per image (``voc_lse`` passes only)
+
+
+def _check_options(config: RunConfig, loaded: LoadedModel, cmap: ClassMap | None, reason: str | None) -> None:
+    if config.explain not in ("top1", "present"):
+        raise ValueError(f"unknown --explain {config.explain!r}; choose top1 or present")
+    if config.explain == "present":
+        if "clean" not in config.protocols:
+            raise ValueError("--explain present applies to the clean protocol; add clean to --protocol")
+        if cmap is None:
+            raise ValueError(f"--explain present needs the ImageNet-1k → VOC class map, which this run cannot use: "
+                             f"{reason}")
+    if config.min_confidence is not None:
+        if loaded.headless:
+            raise ValueError("--min-confidence needs class probabilities; this model is headless")
+        if not 0.0 <= config.min_confidence < 1.0:
+            raise ValueError(f"--min-confidence {config.min_confidence} must lie in [0, 1)")
+    if config.faithfulness:
+        if config.faithfulness_baseline not in BASELINES:
+            raise ValueError(f"unknown faithfulness baseline {config.faithfulness_baseline!r}; "
+                             f"choose one of {', '.join(BASELINES)}")
+        if config.faithfulness_steps < 1:
+            raise ValueError("--faithfulness-steps must be at least 1")
+
+
+def _ground_truth(protocol: str, present: list[int], explained: int | None, voc: int | None,
+                  cmap: ClassMap | None, class_names) -> tuple[list[int] | None, str | None]:
+    """(classes of the object mask or None for all objects, ``gt_target``) of one row.
+
+    ``report``: all objects. ``clean``: the VOC class explained (``voc_lse``) or the VOC class the explained
+    head class maps to; an empty list (row not scored) when that class has no pixel in the image or the
+    explained class maps to no VOC class; all objects only when no class map applies (non-ImageNet-1k head,
+    headless target, non-VOC data), as there is then no way to tell which object the map is about.
+    """
+    everything = ",".join(_name(class_names, c) for c in present)
+    if protocol == "report":
+        return None, everything
+    if voc is not None:
+        return [voc], _name(class_names, voc)
+    if cmap is None or explained is None:
+        return None, everything
+    mapped = cmap.voc_of(explained)
+    if mapped is None or mapped not in present:
+        return [], None
+    return [mapped], _name(class_names, mapped)
+
+
+def _explain_batch(good, todo, ctx: _Context, key: str, skip_rows: list[dict]) -> tuple[int, int]:
+    """Explain, score and commit one batch; returns (metric rows written, images dropped by the confidence
+    filter)."""
+    config, loaded, cmap, class_names = ctx.config, ctx.loaded, ctx.cmap, ctx.class_names
     items = [it for it in good if it["image_id"] in todo]
     methods: list[Method] = []
     for it in items:
         for m in todo[it["image_id"]]:
             if m.key not in {x.key for x in methods}:
                 methods.append(m)
-    x = torch.stack([it["x"] for it in items]).to(device, non_blocking=True)
+    x = torch.stack([it["x"] for it in items]).to(ctx.device, non_blocking=True)
     requires = set().union(*(m.requires for m in methods))
-    t0 = time.perf_counter()
-    cap = capture(loaded.model, x, requires, target=target)
-    t_cap = time.perf_counter() - t0
 
-    probs = None if loaded.headless else torch.softmax(cap.outputs, dim=-1)
+    filtered = 0
+    outputs: torch.Tensor | None = None
+    if config.min_confidence is not None:
+        with torch.inference_mode():
+            outputs = loaded.model(x).float()
+        conf = torch.softmax(outputs, dim=-1).max(dim=-1).values
+        keep = [i for i in range(len(items)) if float(conf[i]) > config.min_confidence]
+        for i in range(len(items)):
+            if i not in keep:
+                skip_rows.append({"image_id": items[i]["image_id"], "stage": "confidence",
+                                  "reason": f"top-1 probability {float(conf[i]):.4f} is not above "
+                                            f"--min-confidence {config.min_confidence}"})
+        filtered = len(items) - len(keep)
+        items, x, outputs = [items[i] for i in keep], x[keep], outputs[keep]
+        if not items:
+            ctx.writer.write_skips(key, skip_rows)
+            return 0, filtered
+
+    passes: list[_Pass] = []
+    top_protocols = [p for p in config.protocols if config.explain == "top1" or p != "clean"]
+    if top_protocols:
+        passes.append(_Pass(ctx.target, list(range(len(items))), top_protocols))
+    if config.explain == "present":
+        per_item = [cmap.explainable(it["classes"]) for it in items]
+        for r in range(max((len(v) for v in per_item), default=0)):
+            rows = [i for i, v in enumerate(per_item) if len(v) > r]
+            vocs = [per_item[i][r] for i in rows]
+            passes.append(_Pass(voc_logsumexp([cmap.indices_of(v) for v in vocs], vocs), rows, ["clean"], vocs))
+
+    metric_rows, heatmap_rows = [], []
+    covered = torch.full((len(items),), outputs is not None, dtype=torch.bool)  # whose logits are known
+    for ps in passes:
+        t0 = time.perf_counter()
+        cap = capture(loaded.model, x[ps.rows], requires, target=ps.target)
+        ctx.capture_seconds += time.perf_counter() - t0
+        if outputs is None:
+            outputs = torch.zeros(len(items), cap.outputs.shape[1])
+        outputs[ps.rows] = cap.outputs.to(outputs.device, outputs.dtype)
+        covered[ps.rows] = True
+        metric_rows += _score_pass(ps, cap, items, todo, methods, ctx, skip_rows, heatmap_rows)
+    if outputs is None or not bool(covered.all()):  # images no capture saw (no explainable class)
+        with torch.inference_mode():
+            full = loaded.model(x).float()
+        outputs = full if outputs is None else torch.where(covered[:, None].to(full.device), outputs.to(full.device), full)
+
+    image_rows = _image_rows(items, outputs, loaded, config.split, class_names, ctx.images_done)
+    ctx.writer.write_skips(key, skip_rows)
+    ctx.writer.write_batch(key, {"heatmaps": heatmap_rows, "images": image_rows, "metrics": metric_rows})
+    ctx.images_done.update(r["image_id"] for r in image_rows)
+    return len(metric_rows), filtered
+
+
+def _image_rows(items, outputs: torch.Tensor, loaded: LoadedModel, split, class_names, images_done) -> list[dict]:
+    probs = None if loaded.headless else torch.softmax(outputs.float(), dim=-1)
     top = probs.topk(min(5, probs.shape[1]), dim=-1) if probs is not None else None
-    metric_rows, heatmap_rows, image_rows = [], [], []
+    rows = []
     for b, it in enumerate(items):
         if it["image_id"] in images_done:
             continue
-        image_rows.append({
+        rows.append({
             "image_id": it["image_id"], "split": split, "width": it["width"], "height": it["height"],
             "gt_classes": [_name(class_names, c) for c in it["classes"]],
             "top_classes": top.indices[b].tolist() if top is not None else [],
@@ -262,43 +420,84 @@ def _explain_batch(good, todo, loaded: LoadedModel, target: Target, protocols, d
             "thumbnail": it["thumbnail"], "mask_png": it["mask_png"], "cue_png": it["cue_png"],
             "meta": json.dumps(it["meta"], default=str) if it["meta"] else None,
         })
+    return rows
+
+
+def _faithfulness(ps: _Pass, cap, maps: dict[str, torch.Tensor], ctx: _Context) -> dict:
+    """{method key: Curves} for one pass (timed into the context)."""
+    t0 = time.perf_counter()
+    loaded = ctx.loaded
+    if ps.voc is not None:
+        score_fn = probability_score([ctx.cmap.indices_of(v) for v in ps.voc], cap.outputs.shape[1])
+    elif not loaded.headless and bool((cap.target_class >= 0).all()):
+        score_fn = probability_score([[int(c)] for c in cap.target_class], cap.outputs.shape[1])
+    else:
+        score_fn = value_score(ps.target)
+    curves = deletion_insertion(loaded.model, cap.input, maps, score_fn,
+                                patch_size=tuple(loaded.model.patch_embed.patch_size),
+                                steps=ctx.config.faithfulness_steps, baseline=ctx.config.faithfulness_baseline,
+                                chunk=256 if ctx.device.type == "cuda" else 64)
+    ctx.faithfulness_seconds += time.perf_counter() - t0
+    return curves
+
+
+def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Context, skip_rows: list[dict],
+                heatmap_rows: list[dict]) -> list[dict]:
+    loaded, cmap, class_names, split = ctx.loaded, ctx.cmap, ctx.class_names, ctx.config.split
+    pass_items = [items[i] for i in ps.rows]
+    maps: dict[str, tuple[Method, torch.Tensor, float]] = {}
     for m in methods:
+        if not any(m in todo[it["image_id"]] for it in pass_items):
+            continue
         t1 = time.perf_counter()
         try:
-            maps = m(cap).float()
-            if maps.shape[0] != len(items) or maps.ndim != 3:
-                raise RuntimeError(f"returned shape {tuple(maps.shape)}, expected [{len(items)}, h, w]")
+            out = m(cap).float()
+            if out.shape[0] != len(pass_items) or out.ndim != 3:
+                raise RuntimeError(f"returned shape {tuple(out.shape)}, expected [{len(pass_items)}, h, w]")
         except Exception as exc:  # one failing method must not lose the others' work
-            skip_rows += [{"image_id": it["image_id"], "stage": f"method:{m.key}", "reason": f"{type(exc).__name__}: {exc}"}
-                          for it in items]
+            skip_rows += [{"image_id": it["image_id"], "stage": f"method:{m.key}",
+                           "reason": f"{type(exc).__name__}: {exc}"} for it in pass_items]
             continue
-        maps_np = maps.detach().cpu().numpy()
-        seconds = (time.perf_counter() - t1) / len(items)
-        for b, it in enumerate(items):
+        maps[m.key] = (m, out.detach(), (time.perf_counter() - t1) / len(pass_items))
+    curves = _faithfulness(ps, cap, {k: v[1] for k, v in maps.items()}, ctx) if ctx.config.faithfulness and maps else {}
+
+    probs = None if loaded.headless else torch.softmax(cap.outputs, dim=-1)
+    rows = []
+    for key_, (m, out, seconds) in maps.items():
+        maps_np = out.cpu().numpy()
+        for j, it in enumerate(pass_items):
             if m not in todo[it["image_id"]]:
                 continue
-            tc = int(cap.target_class[b])
-            pred = int(cap.outputs[b].argmax()) if probs is not None else None
+            tc = int(cap.target_class[j])
+            pred = int(cap.outputs[j].argmax()) if probs is not None else None
+            voc = ps.voc[j] if ps.voc is not None else None
+            target_class = voc if voc is not None else (tc if tc >= 0 else None)
+            target_label = (_name(class_names, voc) if voc is not None
+                            else loaded.label(tc) if tc >= 0 else ps.target.kind)
             common = {
                 "image_id": it["image_id"], "split": split, "model": loaded.name, "method": m.key,
-                "target_kind": target.kind, "target_class": tc if tc >= 0 else None,
-                "target_label": loaded.label(tc) if tc >= 0 else target.kind,
-                "target_value": float(cap.target_value[b]), "pred_class": pred,
+                "target_kind": ps.target.kind, "target_class": target_class, "target_label": target_label,
+                "target_value": float(cap.target_value[j]), "pred_class": pred,
                 "pred_label": loaded.label(pred) if pred is not None else None,
-                "confidence": float(probs[b, pred]) if probs is not None else None,
+                "confidence": float(probs[j, pred]) if probs is not None else None,
                 "gt_classes": ",".join(_name(class_names, c) for c in it["classes"]), "seconds": seconds,
                 "image_group": it["meta"].get("group"),
+                "correct": cmap.correct(pred, it["classes"]) if cmap is not None and pred is not None else None,
             }
-            for protocol in protocols:
-                metric_rows.append({**common, "protocol": protocol,
-                                    **score(maps_np[b], it["mask"], protocol, extra_masks=it["extra_masks"])})
-            heatmap_rows.append({"image_id": it["image_id"], "method": m.key, "target_kind": target.kind,
-                                 "target_class": common["target_class"], "height": maps_np.shape[1],
-                                 "width": maps_np.shape[2], "data": encode_heatmap(maps_np[b])})
-    writer.write_skips(key, skip_rows)
-    writer.write_batch(key, {"heatmaps": heatmap_rows, "images": image_rows, "metrics": metric_rows})
-    images_done.update(r["image_id"] for r in image_rows)
-    return len(metric_rows), t_cap
+            if key_ in curves:
+                common["deletion_auc"] = float(curves[key_].deletion_auc[j])
+                common["insertion_auc"] = float(curves[key_].insertion_auc[j])
+            prep = PreparedMap(maps_np[j], it["mask"].shape)
+            explained = tc if (tc >= 0 and voc is None and ps.target.kind == "logit") else None
+            for protocol in ps.protocols:
+                gt_classes, gt_target = _ground_truth(protocol, it["classes"], explained, voc, cmap, class_names)
+                rows.append({**common, "protocol": protocol, "gt_target": gt_target,
+                             **score(maps_np[j], it["mask"], protocol, gt_classes=gt_classes,
+                                     extra_masks=it["extra_masks"], prepared=prep)})
+            heatmap_rows.append({"image_id": it["image_id"], "method": m.key, "target_kind": ps.target.kind,
+                                 "target_class": target_class, "height": maps_np.shape[1],
+                                 "width": maps_np.shape[2], "data": encode_heatmap(maps_np[j])})
+    return rows
 
 
 def _name(class_names, c: int) -> str:

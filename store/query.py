@@ -7,6 +7,7 @@ returns a pandas DataFrame. Nothing here writes to the store.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -74,3 +75,298 @@ def method_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None, 
            "WHERE (? IS NULL OR protocol = ?) AND (? IS NULL OR confidence > ?) AND (? IS NULL OR run_id = ?) "
            "GROUP BY method ORDER BY method")
     return con.execute(sql, [protocol, protocol, min_confidence, min_confidence, run_id, run_id]).df()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dashboard queries. Every value chosen in the dashboard (from a widget or the URL) reaches DuckDB as a bound
+# parameter; the only identifiers put into SQL text are metric column names, and those are checked against the
+# columns the ``metrics`` view really has (:func:`metric_columns`) before use.
+
+#: numeric ``metrics`` columns that describe a row (what was explained, how sure the model was, what it cost)
+#: rather than score its map; every other numeric column is a metric the dashboard can show.
+CONTEXT_COLUMNS = ("target_class", "target_value", "pred_class", "confidence", "seconds")
+_NUMERIC_TYPES = ("FLOAT", "DOUBLE", "REAL", "DECIMAL", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+                  "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+
+
+def metrics_column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Column name -> DuckDB type of the ``metrics`` view, in table order."""
+    return {r[0]: str(r[1]) for r in con.execute("DESCRIBE metrics").fetchall()}
+
+
+def metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Numeric score columns of ``metrics``: the report's (``METRIC_COLUMNS``) first, then the others in table
+    order. Discovered from the view, so columns added to the schema later show up without code changes."""
+    types = metrics_column_types(con)
+    numeric = [c for c, t in types.items() if t.upper().startswith(_NUMERIC_TYPES) and c not in CONTEXT_COLUMNS]
+    return [c for c in METRIC_COLUMNS if c in numeric] + [c for c in numeric if c not in METRIC_COLUMNS]
+
+
+def _ident(column: str, allowed) -> str:
+    """A column name checked against ``allowed``, quoted for SQL; anything else is an error, never SQL."""
+    if column not in allowed:
+        raise ValueError(f"unknown metric column {column!r}; known: {', '.join(allowed)}")
+    return '"' + column.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which ``metrics`` rows a dashboard view shows. ``None``/empty means "no restriction" except for
+    ``methods``, where an empty tuple selects nothing. ``thresholds`` are ``(column, low, high)`` inclusive."""
+
+    run_id: str
+    protocol: str | None = None
+    methods: tuple[str, ...] | None = None
+    classes: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    confidence: tuple[float, float] | None = None
+    correct: bool | None = None
+    thresholds: tuple[tuple[str, float, float], ...] = ()
+
+
+def filter_sql(f: RowFilter, columns) -> tuple[str, list]:
+    """``WHERE`` clause (without the keyword) and its parameters for ``f``; ``columns`` are the metric columns
+    a threshold may name."""
+    sql, params = ["run_id = ?"], [f.run_id]
+    if f.protocol is not None:
+        sql.append("protocol = ?")
+        params.append(f.protocol)
+    if f.methods is not None:
+        sql.append("list_contains(?::VARCHAR[], method)")
+        params.append(list(f.methods))
+    if f.classes:
+        sql.append("list_has_any(string_split(coalesce(gt_classes, ''), ','), ?::VARCHAR[])")
+        params.append(list(f.classes))
+    if f.groups:
+        sql.append("list_contains(?::VARCHAR[], image_group)")
+        params.append(list(f.groups))
+    if f.confidence is not None:
+        sql.append("confidence BETWEEN ? AND ?")
+        params += [float(f.confidence[0]), float(f.confidence[1])]
+    if f.correct is not None:
+        sql.append("correct = ?")
+        params.append(bool(f.correct))
+    for column, lo, hi in f.thresholds:
+        sql.append(f"{_ident(column, columns)} BETWEEN ? AND ?")
+        params += [float(lo), float(hi)]
+    return " AND ".join(sql), params
+
+
+def run_catalog(con: duckdb.DuckDBPyConnection):
+    """One row per run that has metric rows: run_id, model, created, weights, split, rows, images (newest
+    first; a run without its manifest still appears)."""
+    return con.execute(
+        "SELECT m.run_id, coalesce(min(m.model), any_value(r.model)) AS model, any_value(r.created) AS created, "
+        "any_value(r.weights) AS weights, coalesce(any_value(r.split), min(m.split)) AS split, count(*) AS rows, "
+        "count(DISTINCT m.image_id) AS images FROM metrics m LEFT JOIN runs r ON r.run_id = m.run_id "
+        "GROUP BY m.run_id ORDER BY created DESC NULLS LAST, m.run_id").df()
+
+
+def run_facets(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
+    """What one run holds, for building filters: methods, protocols, classes, image groups, whether
+    ``correct``/``confidence`` are known, and per metric column its non-null count, min and max."""
+    columns = metric_columns(con)
+    types = metrics_column_types(con)
+    has = {c: c in types for c in ("correct", "image_group", "confidence")}
+    parts = ["list(DISTINCT method ORDER BY method)", "list(DISTINCT protocol ORDER BY protocol)",
+             "count(correct)" if has["correct"] else "0",
+             "count(confidence)" if has["confidence"] else "0",
+             "list(DISTINCT image_group ORDER BY image_group) FILTER (image_group IS NOT NULL)"
+             if has["image_group"] else "[]::VARCHAR[]"]
+    for c in columns:
+        q = _ident(c, columns)
+        parts += [f"count({q})", f"min({q})", f"max({q})"]
+    row = con.execute(f"SELECT {', '.join(parts)} FROM metrics WHERE run_id = ?", [run_id]).fetchone()
+    classes = [r[0] for r in con.execute(
+        "SELECT DISTINCT unnest(string_split(gt_classes, ',')) AS c FROM metrics WHERE run_id = ? "
+        "AND gt_classes IS NOT NULL ORDER BY c", [run_id]).fetchall() if r[0]]
+    stats = {c: {"count": int(row[5 + 3 * i] or 0), "min": row[6 + 3 * i], "max": row[7 + 3 * i]}
+             for i, c in enumerate(columns)}
+    return {"methods": list(row[0] or []), "protocols": list(row[1] or []), "correct_known": int(row[2] or 0),
+            "confidence_known": int(row[3] or 0), "groups": list(row[4] or []), "classes": classes,
+            "columns": [c for c in columns if stats[c]["count"] > 0], "stats": stats}
+
+
+def leaderboard(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str], known: list[str]):
+    """Per method: images, rows, mean of each of ``columns`` (fractions), non-null count of each
+    (``n_<column>``) and mean seconds per image; best mean of the first column first."""
+    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)
+    counts = ", ".join(f'count({_ident(c, known)}) AS "n_{c}"' for c in columns)
+    where, params = filter_sql(f, known)
+    order = f"{_ident(columns[0], known)} DESC NULLS LAST, " if columns else ""
+    sql = (f"SELECT method, count(DISTINCT image_id) AS images, count(*) AS rows"
+           f"{', ' + means if means else ''}{', ' + counts if counts else ''}, avg(seconds) AS seconds "
+           f"FROM metrics WHERE {where} GROUP BY method ORDER BY {order}method")
+    return con.execute(sql, params).df()
+
+
+def class_breakdown(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str]):
+    """Mean of ``column`` per method and VOC class present in the image (an image counts for each of its
+    classes; with a class filter, only the chosen classes): method, cls, value, n."""
+    q = _ident(column, known)
+    where, params = filter_sql(f, known)
+    keep = "AND list_contains(?::VARCHAR[], cls)" if f.classes else ""
+    sql = (f"SELECT method, cls, avg(v) AS value, count(v) AS n FROM (SELECT method, {q} AS v, "
+           f"unnest(string_split(coalesce(gt_classes, ''), ',')) AS cls FROM metrics WHERE {where}) "
+           f"WHERE cls <> '' {keep} GROUP BY method, cls ORDER BY method, cls")
+    return con.execute(sql, params + ([list(f.classes)] if f.classes else [])).df()
+
+
+def metric_histogram(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str], bins: int = 40):
+    """Histogram of ``column`` per method over common bins: method, lo, hi, n (bins computed in DuckDB, so
+    the browser receives ``bins`` numbers per method however many rows there are)."""
+    q = _ident(column, known)
+    where, params = filter_sql(f, known)
+    sql = (f"WITH v AS (SELECT method, {q} AS x FROM metrics WHERE {where} AND {q} IS NOT NULL), "
+           "r AS (SELECT min(x) AS lo, max(x) AS hi FROM v), "
+           "b AS (SELECT method, least(CAST(floor((x - r.lo) / greatest(r.hi - r.lo, 1e-12) * ?) AS INTEGER), ? - 1)"
+           " AS k, r.lo, r.hi FROM v, r) "
+           "SELECT method, k, any_value(lo) + k * (any_value(hi) - any_value(lo)) / ? AS lo, "
+           "any_value(lo) + (k + 1) * (any_value(hi) - any_value(lo)) / ? AS hi, count(*) AS n "
+           "FROM b GROUP BY method, k ORDER BY method, k")
+    return con.execute(sql, params + [bins, bins, bins, bins]).df()
+
+
+def metric_box_stats(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str]):
+    """Per method: n, mean, min, q1, median, q3, max of ``column`` (for a box plot drawn from precomputed
+    statistics)."""
+    q = _ident(column, known)
+    where, params = filter_sql(f, known)
+    sql = (f"SELECT method, count({q}) AS n, avg({q}) AS mean, min({q}) AS min, "
+           f"quantile_cont({q}, 0.25) AS q1, median({q}) AS median, quantile_cont({q}, 0.75) AS q3, "
+           f"max({q}) AS max FROM metrics WHERE {where} AND {q} IS NOT NULL GROUP BY method ORDER BY method")
+    return con.execute(sql, params).df()
+
+
+def metric_sample(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str],
+                  limit: int = 4000, need_confidence: bool = False):
+    """Up to ``limit`` rows with a value of ``column`` (a fixed pseudo-random subset when there are more, the
+    same for the same filter): image_id, method, value, confidence, pred_label, gt_classes, correct. Also
+    returns the number of rows the subset was drawn from."""
+    q = _ident(column, known)
+    where, params = filter_sql(f, known)
+    cond = f"{q} IS NOT NULL" + (" AND confidence IS NOT NULL" if need_confidence else "")
+    total = con.execute(f"SELECT count(*) FROM metrics WHERE {where} AND {cond}", params).fetchone()[0]
+    df = con.execute(
+        f"SELECT image_id, method, {q} AS value, confidence, pred_label, gt_classes, correct, target_label "
+        f"FROM metrics WHERE {where} AND {cond} ORDER BY hash(image_id, method, target_label), image_id, method "
+        "LIMIT ?", params + [int(limit)]).df()
+    return df, int(total)
+
+
+def failure_cases(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str],
+                  limit: int = 50, correct_only: bool = False, misplaced: bool = False):
+    """Confident rows whose map misses the object, ranked by ``score = confidence × (1 − column)``: high when
+    the model is sure and the map's agreement with the object (``column``, higher is better) is low. With
+    ``misplaced``, ``column`` measures the map on something it should avoid (e.g. ``cue_mass``) and
+    ``score = confidence × column``."""
+    q = _ident(column, known)
+    term = q if misplaced else f"(1 - {q})"
+    where, params = filter_sql(f, known)
+    extra = " AND correct" if correct_only else ""
+    sql = (f"SELECT image_id, method, target_kind, target_class, target_label, gt_target, pred_label, confidence, "
+           f"correct, gt_classes, {q} AS value, "
+           f"confidence * {term} AS score FROM metrics WHERE {where} AND {q} IS NOT NULL "
+           f"AND confidence IS NOT NULL{extra} ORDER BY score DESC, image_id, method LIMIT ?")
+    return con.execute(sql, params + [int(limit)]).df()
+
+
+IMAGE_ORDERS = {  # name -> ORDER BY over the per-image aggregate of image_page (fixed text, never user input)
+    "image id": "image_id",
+    "worst first": "value ASC NULLS LAST, image_id",
+    "best first": "value DESC NULLS LAST, image_id",
+    "most confident first": "confidence DESC NULLS LAST, image_id",
+}
+
+
+def image_page(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str], order: str,
+               limit: int, offset: int):
+    """One page of the distinct images under ``f``: image_id, value (mean of ``column`` over methods),
+    confidence; and the total number of images."""
+    q = _ident(column, known)
+    if order not in IMAGE_ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose from {', '.join(IMAGE_ORDERS)}")
+    where, params = filter_sql(f, known)
+    total = con.execute(f"SELECT count(DISTINCT image_id) FROM metrics WHERE {where}", params).fetchone()[0]
+    df = con.execute(
+        f"SELECT image_id, avg({q}) AS value, max(confidence) AS confidence FROM metrics WHERE {where} "
+        f"GROUP BY image_id ORDER BY {IMAGE_ORDERS[order]} LIMIT ? OFFSET ?",
+        params + [int(limit), int(offset)]).df()
+    return df, int(total)
+
+
+def rows_for_images(con: duckdb.DuckDBPyConnection, f: RowFilter, image_ids: list[str]):
+    """Every metrics row under ``f`` for the given images (all columns), for captions and detail tables."""
+    where, params = filter_sql(f, [])
+    return con.execute(f"SELECT * FROM metrics WHERE {where} AND list_contains(?::VARCHAR[], image_id) "
+                       "ORDER BY image_id, method, protocol, target_class", params + [list(image_ids)]).df()
+
+
+def image_rows(con: duckdb.DuckDBPyConnection, run_id: str, image_id: str):
+    """Every metrics row of one image of one run, whatever the filters."""
+    return con.execute("SELECT * FROM metrics WHERE run_id = ? AND image_id = ? "
+                       "ORDER BY method, protocol, target_class", [run_id, image_id]).df()
+
+
+def image_ids(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    return [r[0] for r in con.execute("SELECT DISTINCT image_id FROM images WHERE run_id = ? ORDER BY image_id",
+                                      [run_id]).fetchall()]
+
+
+def images_for(con: duckdb.DuckDBPyConnection, run_id: str, ids: list[str]) -> dict[str, dict]:
+    """image_id -> the ``images`` row (thumbnail, masks, top-5, meta, ...) for the given images only."""
+    df = con.execute("SELECT * FROM images WHERE run_id = ? AND list_contains(?::VARCHAR[], image_id) "
+                     "QUALIFY row_number() OVER (PARTITION BY image_id) = 1", [run_id, list(ids)]).df()
+    return {r["image_id"]: r for r in df.to_dict("records")}
+
+
+def heatmaps_for(con: duckdb.DuckDBPyConnection, run_id: str, ids: list[str], methods: list[str] | None = None):
+    """The stored maps (encoded) of the given images (and methods): image_id, method, target_kind,
+    target_class, height, width, data."""
+    sql = ("SELECT image_id, method, target_kind, target_class, height, width, data FROM heatmaps "
+           "WHERE run_id = ? AND list_contains(?::VARCHAR[], image_id)")
+    params: list = [run_id, list(ids)]
+    if methods is not None:
+        sql += " AND list_contains(?::VARCHAR[], method)"
+        params.append(list(methods))
+    return con.execute(sql + " ORDER BY image_id, method, target_class", params).df()
+
+
+# ---- the evaluation report (compute/report.py) ---------------------------------------------------------------
+
+REPORT_METRICS = ("iou", "f1", "pixel_accuracy", "precision", "recall", "relevance_mass", "relevance_rank",
+                  "pointing_game", "roc_auc", "deletion_auc", "insertion_auc")
+_REPORT_FILTER = ("(? IS NULL OR protocol = ?) AND (? IS NULL OR confidence > ?) AND (? IS NULL OR run_id = ?)")
+
+
+def _report_params(protocol, min_confidence, run_id) -> list:
+    return [protocol, protocol, min_confidence, min_confidence, run_id, run_id]
+
+
+def report_per_image(con: duckdb.DuckDBPyConnection, protocol: str | None = None,
+                     min_confidence: float | None = None, run_id: str | None = None):
+    """One row per (run, model, protocol, method, image): the mean of each metric over the image's rows (one
+    row per image for a single target; one per explained class with ``--explain present``), ``correct`` as
+    0/1, and the image's row count. NULL metrics are skipped by the means. The bootstrap resamples these."""
+    means = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
+    sql = (f"SELECT run_id, model, protocol, method, image_id, count(*) AS rows, {means}, "
+           "avg(CAST(correct AS DOUBLE)) AS correct FROM metrics "
+           f"WHERE {_REPORT_FILTER} GROUP BY run_id, model, protocol, method, image_id "
+           "ORDER BY run_id, protocol, method, image_id")
+    return con.execute(sql, _report_params(protocol, min_confidence, run_id)).df()
+
+
+def report_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None,
+                   min_confidence: float | None = None, run_id: str | None = None):
+    """One row per (run, model, protocol, method): every metric's mean over images of the per-image means
+    (each image weighs the same), the number of images with a defined IoU (``images``), all images and rows
+    behind the group, and the share of images whose top-1 is correct among those where it is defined."""
+    inner = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
+    outer = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
+    sql = (f"WITH per_image AS (SELECT run_id, model, protocol, method, image_id, count(*) AS n_rows, {inner}, "
+           f"avg(CAST(correct AS DOUBLE)) AS correct FROM metrics WHERE {_REPORT_FILTER} "
+           "GROUP BY run_id, model, protocol, method, image_id) "
+           "SELECT run_id, model, protocol, method, count(iou) AS images, count(*) AS all_images, "
+           f"sum(n_rows) AS rows, {outer}, avg(correct) AS correct, count(correct) AS correct_images "
+           "FROM per_image GROUP BY run_id, model, protocol, method ORDER BY run_id, protocol, method")
+    return con.execute(sql, _report_params(protocol, min_confidence, run_id)).df()

@@ -24,8 +24,8 @@ METRICS = pa.schema([
     ("model", pa.string()),
     ("method", pa.string()),
     ("protocol", pa.string()),
-    ("target_kind", pa.string()),        # "logit" (a class of the head), "cls_norm", "cosine", ...
-    ("target_class", pa.int32()),        # head class explained; NULL when the target is not a class
+    ("target_kind", pa.string()),        # "logit" (a class of the head), "cls_norm", "cosine", "voc_lse", ...
+    ("target_class", pa.int32()),        # head class explained (for "voc_lse": the VOC class, 1..20); NULL if none
     ("target_label", pa.string()),
     ("target_value", pa.float32()),      # the explained scalar (the logit, the norm, ...)
     ("pred_class", pa.int32()),          # top-1 of the head; NULL for a headless model
@@ -34,7 +34,8 @@ METRICS = pa.schema([
     ("gt_classes", pa.string()),         # VOC classes present, comma-separated names
     ("image_group", pa.string()),        # a data source's own grouping (e.g. aligned / conflict / no_cue)
     ("correct", pa.bool_()),             # top-1 maps to a VOC class present in the image; NULL if unmappable
-    ("gt_target", pa.string()),          # VOC class(es) whose pixels were the object mask for this row
+    ("gt_target", pa.string()),          # VOC class(es) whose pixels were the object mask for this row; NULL
+                                         # when clean had none to use (explained class absent / not a VOC class)
     ("iou", pa.float32()),
     ("f1", pa.float32()),
     ("pixel_accuracy", pa.float32()),

@@ -16,9 +16,13 @@ with no positive prediction is 0 (nothing found is not precise).
 Ground truth per protocol (:func:`ground_truth`):
 
 - ``report`` — the source report's reading: every non-background pixel is object, and VOC's void band (255)
-  is not excluded, so it counts as object as a ``mask > 0`` implementation makes it; every pixel is scored.
+  is not excluded, so it counts as object as a ``mask > 0`` (or ``mask != 0``) test on the class-index PNG
+  makes it — the report describes no void handling, and that test is what a binary "object vs background"
+  mask of a VOC label image gives; every pixel is scored. The explained class is the model's top-1,
+  whatever it is, and it is compared with all objects.
 - ``clean`` — void pixels are excluded from every count; object = pixels of the VOC classes given
-  (all object classes when none are given).
+  (all object classes when ``classes`` is None; no pixel at all when it is an empty list — the caller then
+  reports the row's scores as undefined, see :func:`compute.metrics.score`).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def ground_truth(mask: np.ndarray, protocol: str, classes: list[int] | None = No
         return mask != 0, np.ones(mask.shape, dtype=bool)
     if protocol == "clean":
         valid = mask != VOID
-        gt = np.isin(mask, classes) if classes else (mask != 0) & valid
+        gt = np.isin(mask, list(classes)) if classes is not None else (mask != 0) & valid
         return gt & valid, valid
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
@@ -99,10 +103,32 @@ def localisation_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | No
     }
 
 
+class PreparedMap:
+    """Steps 1–3 of the pipeline for one map at one mask size, done once and shared by every protocol and
+    metric family that scores the map: ``upsampled`` (raw values, non-finite → 0), ``normalised``, ``binary``,
+    ``threshold``, and ``order`` (argsort of the upsampled values, computed on first use)."""
+
+    def __init__(self, heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]):
+        up = upsample(heatmap, size)
+        self.upsampled = up if np.all(np.isfinite(up)) else np.nan_to_num(up, nan=0.0, posinf=0.0, neginf=0.0)
+        self.normalised = minmax_normalise(self.upsampled)
+        self.binary, self.threshold = otsu_binarise(self.normalised)
+        self._order: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.upsampled.shape)  # type: ignore[return-value]
+
+    @property
+    def order(self) -> np.ndarray:
+        if self._order is None:
+            self._order = np.argsort(self.upsampled.ravel())
+        return self._order
+
+
 def score_map(heatmap: torch.Tensor | np.ndarray, mask: np.ndarray, protocol: str,
-              classes: list[int] | None = None) -> dict:
+              classes: list[int] | None = None, prepared: PreparedMap | None = None) -> dict:
     """The whole pipeline for one map and one mask; adds the Otsu ``threshold`` to the scores."""
-    norm = minmax_normalise(upsample(heatmap, mask.shape))
-    binary, thr = otsu_binarise(norm)
+    prep = prepared if prepared is not None else PreparedMap(heatmap, mask.shape)
     gt, valid = ground_truth(mask, protocol, classes)
-    return {**localisation_scores(binary, gt, valid), "threshold": thr}
+    return {**localisation_scores(prep.binary, gt, valid), "threshold": prep.threshold}

@@ -1,0 +1,152 @@
+"""The evaluation report: the source report's Table 1 (one row per method: mean IoU, F1 and pixel accuracy
+×100) with a 95 % bootstrap interval for those three, the number of images behind each row, and the other
+metric families as extra columns.
+
+How a row's numbers are made (all reads go through DuckDB, :func:`store.query.report_summary` and
+:func:`store.query.report_per_image`):
+
+- rows are grouped by run, protocol and method (the model is shown; one run = one model and set-up);
+- each image first gets the mean of its rows (one row per image for a single target; one per explained VOC
+  class with ``--explain present``), so every image weighs the same; a metric's value is the mean over images
+  of those per-image means, NULLs skipped (e.g. ``clean`` rows whose explained class has no pixel in the
+  image, or faithfulness when it was not computed);
+- ``images`` counts images with a defined IoU (the ones behind the main columns); ``rows`` all rows;
+- the 95 % interval is the percentile bootstrap over images: ``resamples`` draws (default 1000) of as many
+  images as the row has, with replacement, from a generator seeded with ``seed`` (default 0) — rerunning gives
+  the same interval;
+- ``correct`` is the share of images whose top-1 maps to a VOC class present in the image, among those whose
+  top-1 maps to any VOC class (see :mod:`compute.data.classmap`);
+- ``--min-confidence X`` keeps images whose top-1 probability is above X (the source report used 0.85).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from store.query import REPORT_METRICS, connect, report_per_image, report_summary
+
+MAIN = ("iou", "f1", "pixel_accuracy")
+EXTRA = tuple(c for c in REPORT_METRICS if c not in MAIN)
+HEADERS = {
+    "iou": "IoU", "f1": "F1", "pixel_accuracy": "Pixel acc.", "precision": "Precision", "recall": "Recall",
+    "relevance_mass": "Rel. mass", "relevance_rank": "Rel. rank", "pointing_game": "Pointing",
+    "roc_auc": "ROC-AUC", "deletion_auc": "Deletion AUC ↓", "insertion_auc": "Insertion AUC ↑",
+    "correct": "Top-1 correct",
+}
+SHORT = {  # narrow headers for a terminal
+    "precision": "Prec.", "recall": "Recall", "relevance_mass": "Mass", "relevance_rank": "Rank",
+    "pointing_game": "Point", "roc_auc": "AUC", "deletion_auc": "Del.↓", "insertion_auc": "Ins.↑",
+    "correct": "Top-1 ok",
+}
+KEYS = ["run_id", "model", "protocol", "method"]
+
+
+@dataclass
+class Report:
+    """The report's table (values ×100; ``<metric>_lo``/``_hi`` the interval of the main three) and its setup."""
+
+    table: pd.DataFrame
+    protocol: str | None
+    min_confidence: float | None
+    run_id: str | None
+    resamples: int
+    seed: int
+
+    @property
+    def columns(self) -> list[str]:
+        """Metric columns that hold at least one value (all-NULL families are left out of the printout)."""
+        cols = list(MAIN) + [c for c in EXTRA + ("correct",) if self.table[c].notna().any()]
+        return cols
+
+    def caption(self) -> str:
+        models = sorted(self.table["model"].dropna().unique())
+        parts = [", ".join(models) if len(models) == 1 else f"{len(models)} models",
+                 f"protocol {self.protocol}" if self.protocol else "every protocol",
+                 f"top-1 probability > {self.min_confidence}" if self.min_confidence is not None else "all images",
+                 f"run {self.run_id}" if self.run_id else "every run",
+                 f"95 % bootstrap over images ({self.resamples} resamples, seed {self.seed})"]
+        return "; ".join(parts) + "; values ×100"
+
+    def formatted(self, columns: list[str] | None = None, sep: str = " ", short: bool = False) -> pd.DataFrame:
+        """The table as strings: ``mean [lo, hi]`` for the main three (``sep`` between mean and interval),
+        ``mean`` for the rest; ``columns`` picks metric columns (default: :attr:`columns`). Model and run are
+        shown only when the table holds more than one, the protocol unless one was asked for."""
+        out = self.table[["method", "protocol", "model", "run_id", "images", "rows"]].copy()
+        out["rows"] = out["rows"].astype("int64")
+        for col in ("run_id", "model", "protocol"):
+            if self.table[col].nunique() <= 1 and (col != "protocol" or self.protocol):
+                out = out.drop(columns=[col])
+        for c in self.columns if columns is None else columns:
+            if c in MAIN:
+                out[HEADERS[c]] = [_fmt_ci(m, lo, hi, sep) for m, lo, hi in
+                                   zip(self.table[c], self.table[f"{c}_lo"], self.table[f"{c}_hi"])]
+            else:
+                out[SHORT[c] if short else HEADERS[c]] = [_fmt(v) for v in self.table[c]]
+        return out.rename(columns={"method": "Method", "protocol": "Protocol", "model": "Model", "run_id": "Run",
+                                   "images": "Images", "rows": "Rows"})
+
+    def to_markdown(self) -> str:
+        df = self.formatted()
+        lines = [f"Table 1 — {self.caption()}", "",
+                 "| " + " | ".join(df.columns) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self, path: str | Path) -> None:
+        self.table.to_csv(path, index=False, float_format="%.6g")
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or pd.isna(v) else f"{v:.2f}"
+
+
+def _fmt_ci(m, lo, hi, sep: str = " ") -> str:
+    if m is None or pd.isna(m):
+        return "–"
+    return f"{m:.2f}{sep}[{lo:.2f}, {hi:.2f}]" if not pd.isna(lo) else f"{m:.2f}"
+
+
+def bootstrap_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (NaNs dropped); NaN when nothing is left."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def build_report(store: str | Path, protocol: str | None = None, min_confidence: float | None = None,
+                 run_id: str | None = None, resamples: int = 1000, seed: int = 0) -> Report:
+    """Read the store and compute the table (see the module doc)."""
+    con = connect(store)
+    summary = report_summary(con, protocol, min_confidence, run_id)
+    per_image = report_per_image(con, protocol, min_confidence, run_id)
+    table = summary[KEYS + ["images", "all_images", "rows"]].copy()
+    for c in REPORT_METRICS + ("correct",):
+        table[c] = summary[c].astype("float64") * 100.0
+    groups = {k: g for k, g in per_image.groupby(KEYS, sort=False)}
+    for c in MAIN:
+        lo, hi = [], []
+        for key in summary[KEYS].itertuples(index=False, name=None):
+            g = groups.get(tuple(key))
+            a, b = bootstrap_interval(g[c].to_numpy(dtype=np.float64) if g is not None else np.array([]),
+                                      resamples, seed)
+            lo.append(a * 100.0)
+            hi.append(b * 100.0)
+        table[f"{c}_lo"], table[f"{c}_hi"] = lo, hi
+    order = KEYS + ["images", "all_images", "rows"] + [x for c in MAIN for x in (c, f"{c}_lo", f"{c}_hi")]
+    table = table[order + [c for c in EXTRA + ("correct",)]]
+    return Report(table=table.reset_index(drop=True), protocol=protocol, min_confidence=min_confidence,
+                  run_id=run_id, resamples=resamples, seed=seed)
+
+
+__all__ = ["Report", "build_report", "bootstrap_interval", "MAIN", "EXTRA", "HEADERS"]
