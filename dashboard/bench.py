@@ -1,0 +1,303 @@
+"""How fast does the dashboard answer a filter change on a large store? ``python -m dashboard.bench``.
+
+Builds a synthetic store (default 100 000 metric rows: 12 500 images × 4 methods × 2 protocols, with their
+heatmaps and images) written with the project's own schema (``store.schema.to_table``), then measures
+
+1. the store queries the pages run (cold: first call on a fresh connection; warm: repeated), and
+2. the time from a filter change to the rendered page, per page, through Streamlit's AppTest: each change
+   picks a filter state not seen before (so every cached query misses), then the same state again (hits).
+
+Goal: a filter change renders in at most one second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("raw_attention", "rollout", "gradcam", "agcam")
+PROTOCOLS = ("report", "clean")
+RUN_ID = "bench0000000"
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+# ------------------------------------------------------------------------------------------- the store
+def _pictures(rng: np.random.Generator, n: int = 16):
+    """A few distinct (thumbnail JPEG, full-size mask PNG) pairs, reused across images (as parquet dictionary
+    pages keep them small, the store stays light)."""
+    from PIL import Image, ImageDraw
+
+    from compute.data.voc import VOC_CLASSES
+
+    out = []
+    for i in range(n):
+        w, h = 500, 375
+        img = Image.new("RGB", (w, h), tuple(int(x) for x in rng.integers(40, 200, 3)))
+        mask = Image.new("L", (w, h), 0)
+        d, dm = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+        classes = sorted(set(int(c) for c in rng.integers(1, len(VOC_CLASSES), rng.integers(1, 3))))
+        for c in classes:
+            x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+            box = (x0, y0, x0 + int(rng.integers(60, w // 2)), y0 + int(rng.integers(60, h // 2)))
+            d.ellipse(box, fill=tuple(int(x) for x in rng.integers(0, 255, 3)))
+            dm.ellipse(box, fill=c)
+        thumb = img.copy()
+        thumb.thumbnail((320, 320))
+        jb, mb = io.BytesIO(), io.BytesIO()
+        thumb.save(jb, format="JPEG", quality=88)
+        mask.save(mb, format="PNG", optimize=True)
+        out.append((jb.getvalue(), mb.getvalue(), [VOC_CLASSES[c] for c in classes], w, h))
+    return out
+
+
+def build_store(out: str | Path, rows: int = 100_000, parts: int = 10, seed: int = 0) -> dict:
+    """Write a synthetic store of ``rows`` metric rows into ``out``; returns what was written."""
+    import pyarrow.parquet as pq
+
+    from store.schema import METRICS, encode_heatmap, to_table
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    per_image = len(METHODS) * len(PROTOCOLS)
+    n_images = max(1, rows // per_image)
+    pics = _pictures(rng)
+    score_cols = [c for c in METRICS.names if c in (
+        "iou", "f1", "pixel_accuracy", "precision", "recall", "pred_area", "gt_area", "threshold",
+        "relevance_mass", "relevance_rank", "pointing_game", "roc_auc")]
+    labels = ["tabby", "goldfish", "airliner", "sports car", "collie", "sorrel", "mountain bike", "seashore"]
+    ids = [f"bench_{i:06d}" for i in range(n_images)]
+    bounds = np.linspace(0, n_images, parts + 1).astype(int)
+    for p in range(parts):
+        metrics, heatmaps, images = [], [], []
+        for i in range(bounds[p], bounds[p + 1]):
+            thumb, mask, gt, w, h = pics[i % len(pics)]
+            conf = float(rng.beta(5, 2))
+            correct = None if rng.random() < 0.2 else bool(rng.random() < 0.7)
+            pred = int(rng.integers(0, 1000))
+            label = labels[pred % len(labels)]
+            top = rng.dirichlet(np.ones(5)) * conf
+            images.append({"image_id": ids[i], "split": "val", "width": w, "height": h, "gt_classes": gt,
+                           "top_classes": [pred] + [int(x) for x in rng.integers(0, 1000, 4)],
+                           "top_labels": [label] + [labels[int(x) % len(labels)] for x in rng.integers(0, 8, 4)],
+                           "top_probs": sorted([float(x) for x in top], reverse=True), "thumbnail": thumb,
+                           "mask_png": mask, "cue_png": None, "meta": None})
+            for m in METHODS:
+                heatmaps.append({"image_id": ids[i], "method": m, "target_kind": "logit", "target_class": pred,
+                                 "height": 14, "width": 14,
+                                 "data": encode_heatmap(rng.random((14, 14), dtype=np.float32))})
+                quality = float(rng.beta(2, 5))
+                for proto in PROTOCOLS:
+                    row = {"image_id": ids[i], "split": "val", "model": "vit_base_patch16_224", "method": m,
+                           "protocol": proto, "target_kind": "logit", "target_class": pred, "target_label": label,
+                           "target_value": float(rng.normal(8, 2)), "pred_class": pred, "pred_label": label,
+                           "confidence": conf, "gt_classes": ",".join(gt), "correct": correct,
+                           "gt_target": ",".join(gt), "seconds": float(rng.uniform(0.001, 0.05))}
+                    for c in score_cols:
+                        row[c] = float(np.clip(quality + rng.normal(0, 0.1), 0, 1))
+                    metrics.append(row)
+        key = f"{p:016x}"
+        for table, rows_ in (("images", images), ("heatmaps", heatmaps), ("metrics", metrics)):
+            d = out / table / f"run_id={RUN_ID}"
+            d.mkdir(parents=True, exist_ok=True)
+            for r in rows_:
+                r["run_id"] = RUN_ID
+            pq.write_table(to_table(table, rows_), d / f"part-{key}.parquet", compression="zstd")
+    (out / "skips" / f"run_id={RUN_ID}").mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "runs" / f"{RUN_ID}.json").write_text(json.dumps({
+        "run_id": RUN_ID, "created": "2025-01-01T00:00:00+0000", "schema_version": 1,
+        "config": {"model": "vit_base_patch16_224", "weights": "synthetic", "split": "val",
+                   "protocols": list(PROTOCOLS)},
+        "counts": {"images": n_images}}))
+    return {"images": n_images, "rows": n_images * per_image, "heatmaps": n_images * len(METHODS),
+            "bytes": sum(f.stat().st_size for f in out.rglob("*.parquet"))}
+
+
+# ----------------------------------------------------------------------------------------- measurement
+def _time(fn, repeat: int = 1) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
+def bench_queries(store: Path) -> list[tuple[str, float, float]]:
+    """(query, cold seconds, warm seconds) of every query a page runs."""
+    from store import query as q
+
+    t_connect, con = _time(lambda: q.connect(store))
+    known = q.metric_columns(con)
+    facets = q.run_facets(con, RUN_ID)
+    f = q.RowFilter(run_id=RUN_ID, protocol="report", methods=METHODS[:3], classes=("person", "dog", "cat"))
+    page_ids = list(q.image_page(con, f, "iou", known, "worst first", 8, 0)[0]["image_id"])
+    calls = [
+        ("run_catalog", lambda: q.run_catalog(con)),
+        ("run_facets", lambda: q.run_facets(con, RUN_ID)),
+        ("leaderboard (all columns)", lambda: q.leaderboard(con, f, facets["columns"], known)),
+        ("class_breakdown", lambda: q.class_breakdown(con, f, "iou", known)),
+        ("metric_histogram", lambda: q.metric_histogram(con, f, "iou", known)),
+        ("metric_box_stats", lambda: q.metric_box_stats(con, f, "iou", known)),
+        ("metric_sample (scatter 3000)", lambda: q.metric_sample(con, f, "iou", known, 3000, True)),
+        ("failure_cases (top 50)", lambda: q.failure_cases(con, f, "iou", known, 50)),
+        ("image_page (8, worst first)", lambda: q.image_page(con, f, "iou", known, "worst first", 8, 0)),
+        ("rows_for_images (8)", lambda: q.rows_for_images(con, f, page_ids)),
+        ("images_for (8)", lambda: q.images_for(con, RUN_ID, page_ids)),
+        ("heatmaps_for (8 × 3)", lambda: q.heatmaps_for(con, RUN_ID, page_ids, list(METHODS[:3]))),
+    ]
+    out = [("connect (views over the parts)", t_connect, t_connect)]
+    for name, fn in calls:
+        cold, _ = _time(fn)
+        warm, _ = _time(fn, repeat=3)
+        out.append((name, cold, warm))
+    con.close()
+    return out
+
+
+def bench_pages(store: Path, changes: int = 4) -> list[tuple[str, float, list[float], list[float]]]:
+    """(page, first load, filter-change times (cache misses), same-state reruns (cache hits)) per page."""
+    from streamlit.testing.v1 import AppTest
+
+    from compute.data.voc import VOC_CLASSES
+
+    os.environ["VITLENS_STORE"] = str(store)
+    pages = [("leaderboard", None), ("distributions", {"chart": "box"}), ("failures", None),
+             ("grid", {"per_page": "8"}), ("image", {"image": "bench_000042"})]
+    classes = list(VOC_CLASSES[1:])
+    results = []
+    for i, (page, params) in enumerate(pages):
+        at = AppTest.from_file(str(APP), default_timeout=600)
+        for k, v in (params or {}).items():
+            at.query_params[k] = v
+        if page != "leaderboard":
+            at.switch_page(f"views/{page}.py")
+        first, _ = _time(lambda: at.run())
+        _check(at, page)
+        misses, hits = [], []
+        for j in range(changes):
+            # a filter state never seen before in this process: another class, another method subset
+            cls = [classes[(i * changes + j) % len(classes)]]
+            methods = [m for k, m in enumerate(METHODS) if k != (i + j) % len(METHODS)]
+            at.sidebar.multiselect(key="cls").set_value(cls)
+            at.sidebar.multiselect(key="method").set_value(methods)
+            t, _ = _time(lambda: at.run())
+            _check(at, page)
+            misses.append(t)
+            t, _ = _time(lambda: at.run())
+            hits.append(t)
+        results.append((page, first, misses, hits))
+    return results
+
+
+def bench_browser(store: Path, changes: int = 3) -> list[tuple[str, list[float]]]:
+    """(page, seconds from a filter click to the settled page) in a real Chromium against the real server."""
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    from dashboard.launch import command
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(command(store, port, "127.0.0.1", True), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "VITLENS_STORE": str(store)})
+    settled = """() => { const a = document.querySelector('[data-testid=stApp]');
+        return a && a.getAttribute('data-test-script-state') === 'notRunning'
+            && document.querySelectorAll('[data-testid=stSkeleton]').length === 0
+            && [...document.images].every(i => i.complete) }"""
+    out = []
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            for name in ("leaderboard", "distributions", "failures", "grid", "image"):
+                page.goto(f"http://127.0.0.1:{port}/{'' if name == 'leaderboard' else name}")
+                page.wait_for_timeout(1000)
+                page.wait_for_function(settled, timeout=120_000)
+                times = []
+                for j in range(changes):
+                    radio = "clean" if j % 2 == 0 else "report"
+                    t = time.perf_counter()
+                    page.locator('[data-testid="stSidebar"] label').filter(has_text=radio).first.click()
+                    try:
+                        page.wait_for_function("() => document.querySelector('[data-testid=stApp]')"
+                                               ".getAttribute('data-test-script-state') === 'running'",
+                                               timeout=2000, polling=10)
+                    except Exception:
+                        pass  # it may have finished already
+                    page.wait_for_function(settled, timeout=120_000, polling=20)
+                    times.append(time.perf_counter() - t)
+                out.append((name, times))
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    return out
+
+
+def _check(at, page: str) -> None:
+    if at.exception:
+        raise RuntimeError(f"{page}: {[e.value for e in at.exception]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m dashboard.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=100_000, help="metric rows of the synthetic store")
+    ap.add_argument("--store", type=Path, default=None, help="where to build it (default: a temporary folder)")
+    ap.add_argument("--changes", type=int, default=4, help="filter changes measured per page")
+    ap.add_argument("--browser", action="store_true", help="also time filter changes in Chromium (/usr/bin/chromium)")
+    args = ap.parse_args(argv)
+
+    import torch
+    from streamlit import config as st_config
+
+    torch.set_num_threads(1)
+    st_config.set_option("global.disableWidgetStateDuplicationWarning", True)
+    with tempfile.TemporaryDirectory(prefix="vitlens-bench-") as tmp:
+        store = args.store or Path(tmp) / "store"
+        if not (store / "metrics").exists():
+            t, facts = _time(lambda: build_store(store, rows=args.rows))
+            print(f"built {facts['rows']:,} metric rows, {facts['heatmaps']:,} heatmaps, {facts['images']:,} "
+                  f"images ({facts['bytes'] / 1e6:.1f} MB of parquet) in {t:.1f} s → {store}")
+        print(f"\nqueries (DuckDB over the parquet parts; {os.cpu_count()} CPUs)")
+        print(f"  {'query':34s} {'cold ms':>9s} {'warm ms':>9s}")
+        for name, cold, warm in bench_queries(store):
+            print(f"  {name:34s} {cold * 1e3:9.1f} {warm * 1e3:9.1f}")
+        print("\npages (Streamlit AppTest run: script + queries + rendering; seconds)")
+        print(f"  {'page':14s} {'first load':>10s} {'change median':>14s} {'change max':>11s} {'revisit':>8s}")
+        worst = 0.0
+        for page, first, misses, hits in bench_pages(store, args.changes):
+            worst = max(worst, max(misses))
+            print(f"  {page:14s} {first:10.2f} {statistics.median(misses):14.2f} {max(misses):11.2f} "
+                  f"{statistics.median(hits):8.2f}")
+        print(f"\nslowest filter change (AppTest): {worst:.2f} s (goal ≤ 1 s)")
+        if args.browser:
+            print("\nbrowser (protocol switch in the sidebar → page settled, images loaded; seconds)")
+            for page, times in bench_browser(store, min(args.changes, 3)):
+                print(f"  {page:14s} median {statistics.median(times):5.2f}   max {max(times):5.2f}")
+
+
+if __name__ == "__main__":
+    main()

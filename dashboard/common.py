@@ -1,0 +1,193 @@
+"""What every page shares: its entry (:func:`page_view`), the pages' registry, opening an image, messages."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import urlstate as us
+
+HERE = Path(__file__).resolve().parent
+APP = HERE / "app.py"
+_VIEW = "_vl_view"
+
+# (file under views/, title, url path, icon); the first is the default page.
+PAGES = (
+    ("views/leaderboard.py", "Leaderboard", "leaderboard", ":material/leaderboard:"),
+    ("views/distributions.py", "Distributions", "distributions", ":material/bar_chart:"),
+    ("views/failures.py", "Failure cases", "failures", ":material/report:"),
+    ("views/grid.py", "Heatmap grid", "grid", ":material/grid_view:"),
+    ("views/image.py", "Image detail", "image", ":material/image_search:"),
+)
+IMAGE_PAGE = "views/image.py"
+
+
+def set_view(view, problem: str | None = None) -> None:
+    st.session_state[_VIEW] = (view, problem)
+
+
+def page_view():
+    """The :class:`dashboard.filters.View` the app built for this run (pages run inside ``app.py``). When the
+    store is missing or empty, shows how to fill it instead, and stops the page."""
+    view, problem = st.session_state.get(_VIEW, (None, None))
+    if problem is not None or view is None:
+        missing_store(problem or "This page is part of the vitlens dashboard: start it with "
+                      "`vitlens dashboard --store DIR`.")
+        st.stop()
+    return view
+
+
+def missing_store(problem: str) -> None:
+    """The page a missing or empty store gets: what is wrong and the command that fills it."""
+    from dashboard.data import store_path
+    from store.query import FILL_HINT
+
+    store = store_path()
+    st.title("No results to show yet")
+    st.markdown(problem)
+    st.markdown("Fill it by running the batch job into this folder:")
+    st.code(f"vitlens compute --voc-root <VOC folder> --out {store}", language="bash")
+    st.markdown("Without a GPU or the full VOC download, a small offline run works too:")
+    st.code(f"vitlens compute --voc-root <VOC folder> --random-init --model vit_tiny_patch16_224 "
+            f"--limit 20 --out {store}", language="bash")
+    st.caption(f"The store: {FILL_HINT}. Then reload this page.")
+
+
+def open_image(image_id: str) -> None:
+    """Go to the image detail page showing ``image_id`` (keeping the filters in the URL)."""
+    us.remember("image", str(image_id))
+    st.switch_page(IMAGE_PAGE, query_params={**us.url_params(shared_only=True), "image": str(image_id)})
+
+
+def need_methods(view) -> bool:
+    """False (and a hint) when the method filter selects nothing."""
+    if view.methods:
+        return True
+    st.info("No method selected: choose at least one in the sidebar.")
+    return False
+
+
+def need_columns(view) -> bool:
+    """False (and a note) when the run fills no metric column at all."""
+    if view.columns:
+        return True
+    st.info("This run holds no metric values (every score column is empty), so there is nothing to plot.")
+    return False
+
+
+def empty_result(what: str = "rows") -> None:
+    st.info(f"No {what} match the filters. Widen them in the sidebar (or press **Reset filters**).")
+
+
+@contextmanager
+def friendly_errors():
+    """A store that cannot be read shows a message instead of a traceback."""
+    import duckdb
+
+    from store.query import FILL_HINT, StoreError
+
+    try:
+        yield
+    except StoreError as exc:
+        st.error(str(exc))
+    except (duckdb.Error, OSError) as exc:
+        st.error(f"The store could not be read: {type(exc).__name__}: {exc}")
+        st.caption(f"If it is damaged or incomplete, rerun the job into it; {FILL_HINT}")
+
+
+def is_missing(x) -> bool:
+    """None, NaN or pandas' NA (a scalar); False for anything else, lists included."""
+    import pandas as pd
+
+    try:
+        return bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt(x, digits: int = 3) -> str:
+    if is_missing(x):
+        return "–"
+    try:
+        return f"{float(x):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def overlay_controls(view, container=None) -> tuple:
+    """Colormap, opacity and outline switches (URL parameters shared by the grid and the image page);
+    returns them as an ``OverlayStyle`` tuple."""
+    from dashboard.overlay import COLORMAPS, OverlayStyle
+
+    box = container if container is not None else st
+    c1, c2, c3, c4, c5 = box.columns([2, 3, 2, 2, 2], vertical_alignment="bottom")
+    us.declare(us.choice("cmap", list(COLORMAPS), "jet"))
+    c1.selectbox("Colormap", COLORMAPS, key="cmap")
+    us.declare(us.number("alpha", 0.0, 1.0, 0.5))
+    c2.slider("Map opacity", 0.0, 1.0, key="alpha", step=0.05)
+    us.declare(us.flag("gt", True))
+    c3.toggle("Ground truth", key="gt", help="outline of the object mask of the chosen protocol")
+    us.declare(us.flag("otsu", False))
+    c4.toggle("Otsu mask", key="otsu", help="outline of the map's Otsu mask: the pixels IoU and F1 count")
+    us.declare(us.flag("cue", True))
+    c5.toggle("Cue", key="cue", help="outline of the planted cue, on images that carry one")
+    s = OverlayStyle(st.session_state["cmap"], float(st.session_state["alpha"]), bool(st.session_state["gt"]),
+                     bool(st.session_state["otsu"]), bool(st.session_state["cue"]))
+    return (s.cmap, s.alpha, s.gt, s.otsu, s.cue)
+
+
+def primary_rows(rows):
+    """One metrics row per (image, method): the one explaining the top-1 class when several targets were
+    explained (``clean`` with every present class), else the first."""
+    if rows.empty:
+        return rows
+    rows = rows.copy()
+    rows["_top"] = (rows["target_class"] == rows["pred_class"]).fillna(False).astype(int)
+    rows = rows.sort_values(["image_id", "method", "_top"], ascending=[True, True, False], kind="stable")
+    return rows.drop_duplicates(["image_id", "method"]).drop(columns="_top")
+
+
+SHORT = {"iou": "IoU", "f1": "F1", "relevance_mass": "RM", "pointing_game": "PG"}
+
+
+def caption_for(row, columns, compact: bool = False) -> str:
+    """Short metric caption of one cell: IoU and F1, plus relevance mass / pointing game when present
+    (``compact``: two values with short names, for narrow cells)."""
+    from dashboard.metrics_info import label
+
+    shown = [c for c in ("iou", "f1", "relevance_mass", "pointing_game") if c in columns][:3]
+    if not shown:
+        shown = list(columns[:2])
+    if compact:
+        shown = [c for c in shown if c != "f1"][:2]
+        return " · ".join(f"{SHORT.get(c, label(c))} {fmt(row.get(c), 2)}" for c in shown)
+    return " · ".join(f"{label(c)} {fmt(row.get(c), 2)}" for c in shown)
+
+
+def nan_to_none(x):
+    """A table cell with missing values (NaN, pandas' NA) turned into None."""
+    return None if is_missing(x) else x
+
+
+def as_list(x) -> list:
+    """A list column's value (list, numpy array or missing) as a list."""
+    if x is None or (not hasattr(x, "__len__") and is_missing(x)):
+        return []
+    try:
+        return list(x)
+    except TypeError:
+        return [x]
+
+
+def selected_image_ids(event) -> list[str]:
+    """Distinct image ids of the points selected in a chart whose points carry the image id as the first
+    ``customdata`` entry (the ``on_select`` state of ``st.plotly_chart``), in selection order."""
+    points = ((event or {}).get("selection") or {}).get("points") or []
+    ids = []
+    for p in points:
+        cd = p.get("customdata") if isinstance(p, dict) else None
+        if cd:
+            ids.append(str(cd[0]) if isinstance(cd, (list, tuple)) else str(cd))
+    return list(dict.fromkeys(ids))

@@ -1,0 +1,226 @@
+"""The dashboard's access to the store: where it is, one cached DuckDB connection, cached query results.
+
+- :func:`store_path` — ``--store`` after ``--`` on the ``streamlit run`` line, else ``$VITLENS_STORE``, else
+  ``results``. The URL never names a path.
+- :func:`fingerprint` — changes when part files or run manifests are added or replaced, so that a store being
+  filled shows its new rows (checked at most every few seconds).
+- one DuckDB connection per (store, fingerprint) in ``st.cache_resource``; every query runs on its own
+  ``.cursor()``, so concurrent sessions never share a cursor.
+- every query result in ``st.cache_data`` keyed by the store, its fingerprint and the filter state
+  (:class:`store.query.RowFilter` and the page's own choices), so going back to a view is instant.
+
+The SQL itself lives in :mod:`store.query`; this module only caches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from store import query as q
+from store.schema import decode_heatmap
+
+ENV_STORE = "VITLENS_STORE"
+DEFAULT_STORE = "results"
+
+
+def store_path(argv: list[str] | None = None) -> Path:
+    """The store this server shows (see the module docstring for the order of precedence)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--store")
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    raw = known.store or os.environ.get(ENV_STORE) or DEFAULT_STORE
+    return Path(raw).expanduser().resolve()
+
+
+def store_problem(store: Path) -> str | None:
+    """None when ``store`` holds results; otherwise why not, in one sentence."""
+    if not store.exists():
+        return f"The store folder `{store}` does not exist."
+    if not store.is_dir():
+        return f"`{store}` is not a folder."
+    if not q.has_results(store):
+        return f"The store `{store}` holds no results yet."
+    return None
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def fingerprint(store: str) -> str:
+    """A digest of the store's part files and run manifests (names, sizes, modification times)."""
+    root = Path(store)
+    h = hashlib.sha1()
+    for pattern in ("*/run_id=*/part-*.parquet", "runs/*.json"):
+        for p in sorted(root.glob(pattern)):
+            try:
+                s = p.stat()
+            except OSError:
+                continue
+            h.update(f"{p.relative_to(root)}:{s.st_size}:{s.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _connection(store: str, fp: str):
+    return q.connect(store)
+
+
+def cursor(store: str, fp: str):
+    """A fresh cursor on the cached connection (use as a context manager)."""
+    return _connection(store, fp).cursor()
+
+
+def _run(store: str, fp: str, fn, *args, **kwargs):
+    with cursor(store, fp) as cur:
+        return fn(cur, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- catalogue
+@st.cache_data(max_entries=16, show_spinner=False)
+def known_columns(store: str, fp: str) -> list[str]:
+    """Every numeric score column of the metrics view (whether or not a run fills it)."""
+    return _run(store, fp, q.metric_columns)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def runs(store: str, fp: str):
+    return _run(store, fp, q.run_catalog)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def facets(store: str, fp: str, run_id: str) -> dict:
+    return _run(store, fp, q.run_facets, run_id)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def image_ids(store: str, fp: str, run_id: str) -> list[str]:
+    return _run(store, fp, q.image_ids, run_id)
+
+
+# ------------------------------------------------------------------------------------------------ views
+@st.cache_data(max_entries=256, show_spinner=False)
+def leaderboard(store: str, fp: str, f: q.RowFilter, columns: tuple[str, ...]):
+    return _run(store, fp, q.leaderboard, f, list(columns), known_columns(store, fp))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def class_breakdown(store: str, fp: str, f: q.RowFilter, column: str):
+    return _run(store, fp, q.class_breakdown, f, column, known_columns(store, fp))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def histogram(store: str, fp: str, f: q.RowFilter, column: str, bins: int = 40):
+    return _run(store, fp, q.metric_histogram, f, column, known_columns(store, fp), bins)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def box_stats(store: str, fp: str, f: q.RowFilter, column: str):
+    return _run(store, fp, q.metric_box_stats, f, column, known_columns(store, fp))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def sample(store: str, fp: str, f: q.RowFilter, column: str, limit: int, need_confidence: bool = False):
+    return _run(store, fp, q.metric_sample, f, column, known_columns(store, fp), limit, need_confidence)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def failures(store: str, fp: str, f: q.RowFilter, column: str, limit: int, correct_only: bool,
+             misplaced: bool = False):
+    return _run(store, fp, q.failure_cases, f, column, known_columns(store, fp), limit, correct_only, misplaced)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def image_page(store: str, fp: str, f: q.RowFilter, column: str, order: str, limit: int, offset: int):
+    return _run(store, fp, q.image_page, f, column, known_columns(store, fp), order, limit, offset)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def rows_for_images(store: str, fp: str, f: q.RowFilter, ids: tuple[str, ...]):
+    return _run(store, fp, q.rows_for_images, f, list(ids))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def image_rows(store: str, fp: str, run_id: str, image_id: str):
+    return _run(store, fp, q.image_rows, run_id, image_id)
+
+
+# ------------------------------------------------------------------------- pictures (bytes, read-only)
+# Binary rows are kept with st.cache_resource (no copy on every hit); callers must not modify them.
+@st.cache_resource(max_entries=64, show_spinner=False)
+def images(store: str, fp: str, run_id: str, ids: tuple[str, ...]) -> dict[str, dict]:
+    """image_id -> images row, with blobs as ``bytes``."""
+    recs = _run(store, fp, q.images_for, run_id, list(ids))
+    for rec in recs.values():
+        for k in ("thumbnail", "mask_png", "cue_png"):
+            v = rec.get(k)
+            rec[k] = None if v is None or (not isinstance(v, (bytes, bytearray, memoryview)) and pd.isna(v)) \
+                else bytes(v)
+    return recs
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def heatmaps(store: str, fp: str, run_id: str, ids: tuple[str, ...], methods: tuple[str, ...] | None):
+    """(image_id, method) -> list of (target_kind, target_class, decoded map) of the given images only."""
+    df = _run(store, fp, q.heatmaps_for, run_id, list(ids), list(methods) if methods is not None else None)
+    out: dict[tuple[str, str], list] = {}
+    for r in df.itertuples(index=False):
+        tc = None if pd.isna(r.target_class) else int(r.target_class)
+        out.setdefault((r.image_id, r.method), []).append(
+            (r.target_kind, tc, decode_heatmap(bytes(r.data), r.height, r.width)))
+    return out
+
+
+def pick_heatmap(maps: dict, image_id: str, method: str, target_kind=None, target_class=None):
+    """The stored map of one row: the one explaining the row's target when several targets were explained."""
+    found = maps.get((image_id, method)) or []
+    for kind, tc, arr in found:
+        if (target_kind is None or kind == target_kind) and tc == target_class:
+            return arr
+    return found[0][2] if found else None
+
+
+_THREADS_SET = False
+
+
+def _one_torch_thread() -> None:
+    """The server renders many small maps; one intra-op thread avoids oversubscribing a shared CPU."""
+    global _THREADS_SET
+    if not _THREADS_SET:
+        import torch
+
+        torch.set_num_threads(1)
+        _THREADS_SET = True
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def overlay(store: str, fp: str, run_id: str, batch: tuple[str, ...], image_id: str, method: str | None,
+            target_kind: str | None, target_class: int | None, protocol: str, gt_target: str | None,
+            style: tuple, methods: tuple[str, ...] | None = None) -> bytes:
+    """JPEG of one cell: the image ``image_id`` (fetched with the other images of ``batch``, the ids on
+    screen) with the map of ``method`` (None: no map) drawn in ``style`` (an OverlayStyle as a tuple)."""
+    from compute.data.voc import VOC_CLASSES
+    from dashboard import overlay as ov
+
+    _one_torch_thread()
+    rec = images(store, fp, run_id, batch).get(image_id)
+    if rec is None or rec.get("thumbnail") is None:
+        return b""
+    heat = None
+    if method is not None:
+        heat = pick_heatmap(heatmaps(store, fp, run_id, batch, methods), image_id, method, target_kind,
+                            target_class)
+    return ov.render_bytes(rec["thumbnail"], heat, rec.get("mask_png"), rec.get("cue_png"), protocol,
+                           ov.target_classes(gt_target, protocol, VOC_CLASSES), style=ov.OverlayStyle(*style))
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def mini_thumbnail(store: str, fp: str, run_id: str, batch: tuple[str, ...], image_id: str) -> str | None:
+    from dashboard import overlay as ov
+
+    rec = images(store, fp, run_id, batch).get(image_id)
+    return ov.mini_thumbnail_uri(rec["thumbnail"]) if rec and rec.get("thumbnail") else None

@@ -1,0 +1,35 @@
+"""Start the dashboard server: ``streamlit run dashboard/app.py -- --store DIR`` with sensible options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def command(store: str | Path, port: int = 8501, host: str = "localhost", headless: bool = False) -> list[str]:
+    """The ``streamlit run`` command line that serves ``store``."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(int(port)), "--server.address", str(host),
+        "--server.headless", "true" if headless else "false",
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+        "--global.disableWidgetStateDuplicationWarning", "true",
+        "--", "--store", str(Path(store).expanduser().resolve()),
+    ]
+
+
+def serve(store: str | Path, port: int = 8501, host: str = "localhost", headless: bool = False) -> int:
+    """Run the server until it stops (Ctrl+C); returns its exit code."""
+    from dashboard.data import ENV_STORE
+
+    env = {**os.environ, ENV_STORE: str(Path(store).expanduser().resolve())}
+    print(f"vitlens dashboard of {env[ENV_STORE]} on http://{host}:{port}  (Ctrl+C stops it)", flush=True)
+    try:
+        return subprocess.call(command(store, port, host, headless), env=env)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,61 @@
+"""Leaderboard: the source report's table per method, every other metric the run has, and a per-class view."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import common, data
+from dashboard import urlstate as us
+from dashboard.metrics_info import label, meaning
+
+view = common.page_view()
+st.title("Leaderboard")
+run = view.run
+st.caption(f"run `{view.run_id}` · model `{run['model']}` · protocol **{view.protocol}** · "
+           "means over the filtered rows, ×100; rows whose metric is undefined are skipped (see the counts)")
+
+if common.need_methods(view):
+    board = data.leaderboard(view.store, view.fp, view.filter, tuple(view.columns))
+    if board.empty:
+        common.empty_result()
+    else:
+        table = board[["method", "images", "rows"]].copy()
+        config = {"method": st.column_config.TextColumn("Method", pinned=True),
+                  "images": st.column_config.NumberColumn("Images", help="distinct images"),
+                  "rows": st.column_config.NumberColumn("Rows", help="metric rows (image × explained target)")}
+        for c in view.columns:
+            table[c] = board[c] * 100.0
+            config[c] = st.column_config.NumberColumn(label(c), format="%.1f", help=meaning(c))
+        table["ms_per_image"] = board["seconds"] * 1000.0
+        config["ms_per_image"] = st.column_config.NumberColumn(
+            "ms / image", format="%.2f", help="this method's share of the compute time per image")
+        st.dataframe(table, hide_index=True, column_config=config, key="leaderboard_table")
+
+        with st.expander("Counts of defined values per metric"):
+            counts = board[["method"] + [f"n_{c}" for c in view.columns]].rename(
+                columns={f"n_{c}": label(c) for c in view.columns})
+            st.dataframe(counts, hide_index=True)
+
+        st.subheader("Per class")
+        if common.need_columns(view):
+            us.declare(us.choice("lb_metric", view.columns, view.columns[0]))
+            metric = st.selectbox("Metric", view.columns, key="lb_metric", format_func=label, width=260)
+            per_class = data.class_breakdown(view.store, view.fp, view.filter, metric)
+            if per_class.empty:
+                common.empty_result("classes")
+            else:
+                grid = per_class.pivot(index="method", columns="cls", values="value") * 100.0
+                counts = per_class.pivot(index="method", columns="cls", values="n")
+                methods = [m for m in board["method"] if m in grid.index]
+                grid, counts = grid.loc[methods], counts.loc[methods]
+                fig = go.Figure(go.Heatmap(
+                    z=grid.values, x=list(grid.columns), y=list(grid.index), colorscale="Viridis",
+                    text=[[common.fmt(v, 1) for v in row] for row in grid.values], texttemplate="%{text}",
+                    customdata=counts.values,
+                    hovertemplate="%{y} · %{x}<br>" + label(metric) + " ×100: %{z:.1f}<br>rows: %{customdata}"
+                                  "<extra></extra>",
+                    colorbar={"title": {"text": "×100"}}))
+                fig.update_layout(height=140 + 36 * len(methods), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                                  xaxis={"side": "top"}, yaxis={"autorange": "reversed"})
+                st.plotly_chart(fig, key="class_heatmap")
+                st.caption(f"mean {label(metric)} ×100 per method and VOC class present in the image (an image "
+                           "with several classes counts for each)")
