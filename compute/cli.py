@@ -63,6 +63,18 @@ def compute(
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images of the split."),
     workers: Optional[int] = typer.Option(None, min=0, help="DataLoader worker processes (default: cores-1, max 4)."),
     seed: int = typer.Option(0, help="Seed for --random-init."),
+    explain: str = typer.Option("top1", help="top1: explain --target under every protocol; present: the clean "
+                                             "protocol explains each VOC class present in the image (logsumexp of "
+                                             "its ImageNet classes' logits; ImageNet-1k heads only), one row each."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence",
+                                                   help="Only images whose top-1 probability is above this "
+                                                        "(the source report used 0.85); the rest are skipped."),
+    faithfulness: bool = typer.Option(False, "--faithfulness",
+                                      help="Also compute deletion/insertion AUCs (2×(steps-1) extra forward "
+                                           "passes per image and method; timed in the run manifest)."),
+    faithfulness_steps: int = typer.Option(10, min=1, help="Steps of the deletion/insertion curves."),
+    faithfulness_baseline: str = typer.Option("zero", help="What removed patches become: zero (the mean "
+                                                           "colour) or blur (the Gaussian-blurred image)."),
 ):
     """Explain every image of a VOC split with every requested method and write the scores to a store."""
     from compute.runner import RunConfig, run
@@ -71,7 +83,9 @@ def compute(
                        weights=str(weights) if weights else None, random_init=random_init, img_size=img_size,
                        methods=methods, protocols=tuple(p.strip() for p in protocol.split(",") if p.strip()),
                        target=target, batch_size=batch_size, device=device, limit=limit, seed=seed,
-                       num_workers=workers)
+                       num_workers=workers, explain=explain.strip(), min_confidence=min_confidence,
+                       faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
+                       faithfulness_baseline=faithfulness_baseline.strip())
     with Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
         task = bar.add_task("images", total=None)
@@ -179,6 +193,102 @@ def bench(
         for key, corr, iou in bf16_effect(loaded.model, loaded.input_size, chosen, batch_size, dev):
             t.add_row(key, f"{corr:.4f}", f"{iou:.4f}")
         stdout.print(t)
+
+
+@app.command("report")
+@_friendly_errors
+def report_cmd(
+    store: Path = typer.Option(..., "--store", help="Store folder written by `vitlens compute`."),
+    protocol: Optional[str] = typer.Option(None, help="Only this protocol (report or clean); default: each, "
+                                                      "as separate rows."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence",
+                                                   help="Only images whose top-1 probability is above this "
+                                                        "(the source report: 0.85)."),
+    run_id: Optional[str] = typer.Option(None, "--run", help="Only this run id (default: every run in the store)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the table (unrounded) as CSV."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
+    resamples: int = typer.Option(1000, min=1, help="Bootstrap resamples (over images) for the 95 % intervals."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+):
+    """The source report's Table 1 per method (IoU, F1, pixel accuracy ×100 with 95 % bootstrap intervals),
+    with the images behind each row and the other metric families as extra columns."""
+    from compute.report import build_report
+    from store.query import StoreError, has_results
+
+    if not has_results(store):
+        raise StoreError(f"no results in {str(store)!r}; fill it with: vitlens compute --voc-root <VOC folder> "
+                         f"--out {store}")
+    rep = build_report(store, protocol=protocol, min_confidence=min_confidence, run_id=run_id,
+                       resamples=resamples, seed=seed)
+    if rep.table.empty:
+        raise ValueError("no rows match the filters (protocol, --min-confidence, --run)")
+    out = stdout if stdout.is_terminal else Console(width=160)  # a file or pipe gets the whole table
+    main_cols = [c for c in rep.columns if c in ("iou", "f1", "pixel_accuracy")]
+    extra_cols = [c for c in rep.columns if c not in main_cols]
+    for title, cols, drop in (("Table 1 — localisation (Otsu), ×100, mean [95 % CI]", main_cols, "Rows"),
+                              ("Other metrics, ×100", extra_cols, "Images")):
+        if not cols:
+            continue
+        df = rep.formatted(cols, sep="\n", short=True).drop(columns=[drop])
+        table = Table(title=title, caption=rep.caption() if cols is main_cols else None, show_lines=True)
+        for col in df.columns:
+            text = col in ("Method", "Protocol", "Model", "Run")
+            table.add_column(col, justify="left" if text else "right", no_wrap=not text)
+        for row in df.itertuples(index=False):
+            table.add_row(*(str(v) for v in row))
+        out.print(table)
+    if csv:
+        rep.to_csv(csv)
+        console.print(f"wrote {csv}")
+    if markdown:
+        Path(markdown).write_text(rep.to_markdown())
+        console.print(f"wrote {markdown}")
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    store: Path = typer.Option(Path("results"), "--store", help="Store folder written by `vitlens compute`."),
+    port: int = typer.Option(8501, "--port", help="Port to serve on."),
+    host: str = typer.Option("localhost", "--host", help="Address to bind (0.0.0.0: every interface)."),
+    headless: bool = typer.Option(False, "--headless", help="Do not open a browser window."),
+):
+    """Browse a store in the browser: leaderboard, distributions, failure cases, heatmap grid, image detail."""
+    from dashboard.launch import serve
+
+    raise typer.Exit(code=serve(store, port=port, host=host, headless=headless))
+
+
+@app.command("demo")
+@_friendly_errors
+def demo_cmd(
+    out: Path = typer.Option(Path("results/demo"), "--out", help="Folder for the generated data, model and store."),
+    no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Only build the store; print its path."),
+    small: bool = typer.Option(False, "--small", help="A smaller set and shorter training (smoke test)."),
+    port: int = typer.Option(8501, "--port", help="Dashboard port."),
+):
+    """Offline demo: synthetic images with a planted cue, a small ViT trained on them, every method, dashboard."""
+    from compute.demo import cue_summary, run_demo
+
+    result = run_demo(out, small=small, log=lambda msg: console.print(msg, highlight=False))
+    stdout.print(result.summary_line, highlight=False)
+    table = Table(title="conflict images the model classified by their cue: median cue-mass ratio per method")
+    for col in ("method", "images", "cue ratio", "object ratio", "cue IoU", "object IoU"):
+        table.add_column(col)
+    for r in cue_summary(result.store).itertuples():
+        table.add_row(r.method, str(r.images), f"{r.cue_ratio:.1f}×", f"{r.object_ratio:.2f}×", f"{r.cue_iou:.2f}",
+                      f"{r.object_iou:.2f}")
+    stdout.print(table)
+    stdout.print(f"store: {result.store.resolve()}  ({result.seconds['total']:.0f} s)", highlight=False)
+    p = result.prepared
+    stdout.print(f"model: {p.weights} (explain other images with: vitlens compute --model {p.config.train.model} "
+                 f"--img-size {p.config.train.img_size} --weights {p.weights} --voc-root {p.data_root})", highlight=False)
+    if no_dashboard:
+        stdout.print(f"browse it with: vitlens dashboard --store {result.store}", highlight=False)
+        return
+    from dashboard.launch import serve
+
+    stdout.print(f"dashboard: http://localhost:{port}  (Ctrl+C stops it)", highlight=False)
+    raise typer.Exit(code=serve(result.store, port=port, headless=True))
 
 
 def main() -> None:  # console-script entry point

@@ -7,12 +7,17 @@ Layout read (the standard one)::
     <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
 
 ``root`` may be the folder holding ``VOCdevkit``, ``VOCdevkit`` itself, or ``VOC2012`` itself.
+
+Optional extras, read when present (generated sets such as :mod:`compute.data.synthetic` write them)::
+
+    <root>/VOCdevkit/VOC2012/SegmentationCue/<id>.png                   non-zero on a planted cue -> extra_masks["cue"]
+    <root>/VOCdevkit/VOC2012/ImageSets/Segmentation/<split>_meta.json   {id: {...}} -> Sample.meta (e.g. "group")
 """
 
 from __future__ import annotations
 
 import hashlib
-
+import json
 import tarfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -27,6 +32,7 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 VOID = 255
 SPLITS = ("train", "val", "trainval")
+CUE_DIR = "SegmentationCue"  # optional: <id>.png, non-zero on a planted cue -> Sample.extra_masks["cue"]
 
 VOC2012_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC2012_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
@@ -92,6 +98,9 @@ class VOCSegmentation:
             ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
         self.split = split
         self.ids = ids[:limit] if limit else list(ids)
+        # optional extras of generated sets (compute.data.synthetic): per-image facts and a planted-cue mask
+        meta_file = self.root / "ImageSets" / "Segmentation" / f"{split}_meta.json"
+        self.meta: dict[str, dict] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,7 +113,25 @@ class VOCSegmentation:
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
-        return load_voc_sample(self.image_path(image_id), self.mask_path(image_id), image_id)
+        sample = load_voc_sample(self.image_path(image_id), self.mask_path(image_id), image_id)
+        cue_path = self.root / CUE_DIR / f"{image_id}.png"
+        if cue_path.is_file():
+            sample.extra_masks["cue"] = load_extra_mask(cue_path, sample.mask.shape)
+        sample.meta = dict(self.meta.get(image_id, {}))
+        return sample
+
+
+def load_extra_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A second per-image mask (PNG, non-zero = on) as bool, checked against the class mask's size."""
+    try:
+        with Image.open(path) as m:
+            extra = np.array(m.convert("L")) > 0
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise SampleError(f"cannot decode mask {path.name}: {exc}") from exc
+    if extra.shape != tuple(shape):
+        raise SampleError(f"mask {path.parent.name}/{path.name} is {extra.shape[1]}x{extra.shape[0]} but the "
+                          f"image is {shape[1]}x{shape[0]}")
+    return extra
 
 
 def load_voc_sample(image_path: Path, mask_path: Path, image_id: str) -> Sample:
@@ -180,5 +207,5 @@ def _md5(path: Path) -> str:
 
 __all__ = [
     "VOC_CLASSES", "VOID", "SPLITS", "Sample", "VOCSegmentation", "DatasetError", "SampleError",
-    "resolve_voc_root", "load_voc_sample", "download_voc", "EXPECTED_LAYOUT",
+    "resolve_voc_root", "load_voc_sample", "load_extra_mask", "download_voc", "EXPECTED_LAYOUT", "CUE_DIR",
 ]
