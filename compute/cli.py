@@ -56,8 +56,9 @@ def compute(
     methods: str = typer.Option("all", help="'all' or comma-separated names, options in parentheses: "
                                             "rollout(head_fusion=max). `vitlens methods` lists them."),
     protocol: str = typer.Option("report,clean", help="Scoring protocol(s), comma-separated: report, clean."),
-    target: Optional[str] = typer.Option(None, help="What to explain: top1 (default), class:<i>, or cls_norm "
-                                                    "(default for headless backbones)."),
+    target: Optional[str] = typer.Option(None, help="What to explain: top1 (default for classifiers), class:<i>, "
+                                                    "cls_norm (default for headless backbones) or "
+                                                    "cosine:<mean|image|folder|embedding.npy>."),
     batch_size: int = typer.Option(16, min=1, help="Images per forward/backward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:<i>."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images of the split."),
@@ -75,6 +76,9 @@ def compute(
     faithfulness_steps: int = typer.Option(10, min=1, help="Steps of the deletion/insertion curves."),
     faithfulness_baseline: str = typer.Option("zero", help="What removed patches become: zero (the mean "
                                                            "colour) or blur (the Gaussian-blurred image)."),
+    shard: Optional[str] = typer.Option(None, help="i/n: this process explains every n-th image from the i-th "
+                                                   "(0-based) into the same run; default: torchrun's RANK/WORLD_SIZE "
+                                                   "or a SLURM array's task id/count when set."),
 ):
     """Explain every image of a VOC split with every requested method and write the scores to a store."""
     from compute.runner import RunConfig, run
@@ -85,7 +89,7 @@ def compute(
                        target=target, batch_size=batch_size, device=device, limit=limit, seed=seed,
                        num_workers=workers, explain=explain.strip(), min_confidence=min_confidence,
                        faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
-                       faithfulness_baseline=faithfulness_baseline.strip())
+                       faithfulness_baseline=faithfulness_baseline.strip(), shard=shard)
     with Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
         task = bar.add_task("images", total=None)

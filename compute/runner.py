@@ -40,7 +40,7 @@ from compute.methods import Method, parse_methods
 from compute.metrics import PROTOCOLS, PreparedMap, score
 from compute.metrics.faithfulness import BASELINES, deletion_insertion, probability_score, value_score
 from compute.models import LoadedModel, Preprocess, load_model
-from compute.targets import Target, parse_target, voc_logsumexp
+from compute.targets import Target, resolve_target, voc_logsumexp
 from store.schema import THUMBNAIL_SIZE, encode_heatmap
 from store.writer import StoreWriter
 
@@ -62,6 +62,7 @@ class RunConfig:
     limit: int | None = None
     seed: int = 0
     num_workers: int | None = None
+    shard: str | None = None  # "i/n": every n-th image from the i-th; default from RANK/WORLD_SIZE if set
     explain: str = "top1"  # "top1": the --target; "present": clean explains every present VOC class
     min_confidence: float | None = None  # only images whose top-1 probability is above it
     faithfulness: bool = False
@@ -71,22 +72,37 @@ class RunConfig:
     def identity(self) -> dict:
         """What makes two runs' rows comparable; its hash is the run id (methods, limits and the confidence
         filter are not part of it: they choose which rows are computed, not their values)."""
-        weights = self.weights
-        if weights and Path(weights).is_file():
-            st = Path(weights).stat()
-            weights = f"{Path(weights).resolve()}:{st.st_size}:{int(st.st_mtime)}"
-        ident = {"model": self.model, "weights": weights, "random_init": self.random_init,
+        ident = {"model": self.model, "weights": _fingerprint(self.weights), "random_init": self.random_init,
                  "seed": self.seed if self.random_init else None, "img_size": self.img_size, "split": self.split,
                  "protocols": sorted(self.protocols), "target": self.target}
         # only when not the default, so that the run ids of earlier stores stay what they were
         if self.explain != "top1":
             ident["explain"] = self.explain
+        if self.target and self.target.startswith("cosine:"):  # the reference decides the values
+            ref = self.target.split(":", 1)[1]
+            ident["target"] = f"cosine:{_fingerprint(ref)}" if ref != "mean" else "cosine:mean"
+            if ref == "mean":
+                ident["limit"] = self.limit
         if self.faithfulness:
             ident["faithfulness"] = {"steps": self.faithfulness_steps, "baseline": self.faithfulness_baseline}
         return ident
 
     def run_id(self) -> str:
         return hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _fingerprint(path: str | None) -> str | None:
+    """A file or folder as it is now: resolved path, sizes and modification times (not a content hash, which
+    would mean reading gigabytes of weights at every start). Anything else is returned as given."""
+    if not path or not Path(path).exists():
+        return path
+    p = Path(path).resolve()
+    if p.is_file():
+        st = p.stat()
+        return f"{p}:{st.st_size}:{int(st.st_mtime)}"
+    listing = "|".join(f"{f.relative_to(p)}:{f.stat().st_size}:{int(f.stat().st_mtime)}"
+                       for f in sorted(p.rglob("*")) if f.is_file())
+    return f"{p}|{hashlib.sha1(listing.encode()).hexdigest()[:16]}"
 
 
 @dataclass
@@ -149,8 +165,15 @@ class _Prepared:
         }
 
 
-def _collate(items: list[dict]) -> list[dict]:
-    return items
+def collate(items: list[dict]) -> dict:
+    """Stack the good items' inputs into one tensor (in the worker process, so that the DataLoader can pin
+    it); each good item keeps its ``row`` in that tensor."""
+    xs = []
+    for it in items:
+        if not it["error"]:
+            it["row"] = len(xs)
+            xs.append(it.pop("x"))
+    return {"items": items, "x": torch.stack(xs) if xs else None}
 
 
 def _jpeg_thumbnail(image: Image.Image) -> bytes:
@@ -174,87 +197,165 @@ def versions() -> dict:
             "vitlens": __import__("compute").__version__}
 
 
-def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
-        progress: Callable[[int, int], None] | None = None, class_names: tuple[str, ...] = VOC_CLASSES) -> RunSummary:
-    """Run the job described by ``config``; ``dataset``/``loaded`` may be given to bypass VOC / timm loading.
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (0-based) -> (i, n); ``None`` -> the torchrun / SLURM environment's rank, or no sharding."""
+    if spec:
+        try:
+            i, n = (int(v) for v in spec.split("/"))
+        except ValueError:
+            raise ValueError(f"bad --shard {spec!r}: write i/n with 0 <= i < n, e.g. 0/4") from None
+        if not 0 <= i < n:
+            raise ValueError(f"bad --shard {spec!r}: need 0 <= i < n")
+        return i, n
+    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")):
+        if os.environ.get(world, "1") not in ("", "1") and os.environ.get(rank):
+            return parse_shard(f"{os.environ[rank]}/{os.environ[world]}")
+    return None
 
-    ``progress(done_images, total_images)`` is called after every batch.
+
+def _shard_device(device: str) -> str:
+    """Under torchrun each process takes the GPU of its LOCAL_RANK."""
+    if device == "auto" and torch.cuda.is_available() and os.environ.get("LOCAL_RANK"):
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    return device
+
+
+class Job:
+    """One run's shared state — model, methods, target, class map, writer, committed keys — and
+    :meth:`process`, which explains, scores and commits one batch of prepared items.
+
+    The local loop (:func:`run`) and the Ray backend (:mod:`compute.distributed`) both drive a Job.
     """
-    t_start = time.perf_counter()
-    methods = parse_methods(config.methods)
-    for p in config.protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
-    device = resolve_device(config.device)
-    if dataset is None:
-        from compute.data.voc import VOCSegmentation
 
-        if not config.voc_root:
-            raise ValueError("no images: pass --voc-root (a VOCdevkit folder)")
-        dataset = VOCSegmentation(config.voc_root, split=config.split, limit=config.limit)
-    if loaded is None:
-        loaded = load_model(config.model, weights=config.weights, random_init=config.random_init,
-                            img_size=config.img_size, device=device, seed=config.seed)
-    else:
-        loaded.model.to(device)
-    target = parse_target(config.target, loaded.headless)
-    cmap, cmap_reason = classmap_for(loaded.num_classes, loaded.labels, class_names)
-    _check_options(config, loaded, cmap, cmap_reason)
+    def __init__(self, config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
+                 class_names: tuple[str, ...] | None = None):
+        self.t_start = time.perf_counter()
+        self.config = config
+        self.methods = parse_methods(config.methods)
+        for p in config.protocols:
+            if p not in PROTOCOLS:
+                raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+        self.shard = parse_shard(config.shard)
+        self.device = resolve_device(_shard_device(config.device))
+        if dataset is None:
+            from compute.data.voc import VOCSegmentation
 
-    run_id = config.run_id()
-    writer = StoreWriter(config.out, run_id)
-    done = writer.done_keys()
-    images_done = writer.images_done()
-    summary = RunSummary(run_id=run_id, out=str(config.out), methods=[m.key for m in methods])
-    if cmap is None:
-        summary.notes.append(cmap_reason)
-    writer.write_manifest({
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": {**asdict(config), **config.identity(),
-                                                                   "weights": loaded.weights},
-        "versions": versions(), "methods": summary.methods,
-        "class_map": ({"name": cmap.name, "version": cmap.version} if cmap is not None
-                      else {"unsupported": cmap_reason}),
-        "sessions": [{"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": summary.methods,
-                      "device": str(device)}],
-    })
+            if not config.voc_root:
+                raise ValueError("no images: pass --voc-root (a VOCdevkit folder)")
+            dataset = VOCSegmentation(config.voc_root, split=config.split, limit=config.limit)
+        self.dataset = dataset
+        self.class_names = tuple(class_names or getattr(dataset, "class_names", None) or VOC_CLASSES)
+        if loaded is None:
+            loaded = load_model(config.model, weights=config.weights, random_init=config.random_init,
+                                img_size=config.img_size, device=self.device, seed=config.seed)
+        else:
+            loaded.model.to(self.device)
+        self.loaded = loaded
+        self.prepared = _Prepared(dataset, loaded.preprocess())
+        target = resolve_target(config.target, loaded, images=self._all_batches, batch_size=config.batch_size)
+        cmap, cmap_reason = classmap_for(loaded.num_classes, loaded.labels, self.class_names)
+        _check_options(config, loaded, cmap, cmap_reason)
 
-    workers = config.num_workers if config.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
-    loader = torch.utils.data.DataLoader(
-        _Prepared(dataset, loaded.preprocess()), batch_size=config.batch_size, shuffle=False,
-        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
-        persistent_workers=False)
-    total = len(dataset)
-    seen = 0
-    ctx = _Context(config=config, loaded=loaded, target=target, device=device, class_names=class_names, cmap=cmap,
-                   writer=writer, images_done=images_done)
-    for items in loader:
-        seen += len(items)
+        self.run_id = config.run_id()
+        self.writer = StoreWriter(config.out, self.run_id)
+        self.done = self.writer.done_keys()
+        self.summary = RunSummary(run_id=self.run_id, out=str(config.out), methods=[m.key for m in self.methods])
+        if cmap is None:
+            self.summary.notes.append(cmap_reason)
+        self.ctx = _Context(config=config, loaded=loaded, target=target, device=self.device,
+                            class_names=self.class_names, cmap=cmap, writer=self.writer,
+                            images_done=self.writer.images_done())
+        self.writer.write_manifest({
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": {**asdict(config), **config.identity(), "weights": loaded.weights,
+                       "input_size": list(loaded.input_size)},
+            "versions": versions(), "methods": self.summary.methods, "class_names": list(self.class_names),
+            "target": {"spec": target.spec, "kind": target.kind},
+            "class_map": ({"name": cmap.name, "version": cmap.version} if cmap is not None
+                          else {"unsupported": cmap_reason}),
+            "sessions": [{"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": self.summary.methods,
+                          "device": str(self.device), "shard": list(self.shard) if self.shard else None}],
+        })
+
+    def _all_batches(self):
+        """Preprocessed batches of every image (only iterated for a ``cosine:mean`` reference)."""
+        batch = []
+        for i in range(len(self.prepared)):
+            it = self.prepared[i]
+            if not it["error"]:
+                batch.append(it["x"])
+            if len(batch) == self.config.batch_size:
+                yield torch.stack(batch)
+                batch = []
+        if batch:
+            yield torch.stack(batch)
+
+    @property
+    def indices(self) -> list[int]:
+        """This process's images: all, or every n-th from i for ``--shard i/n`` (deterministic)."""
+        every = list(range(len(self.dataset)))
+        return every[self.shard[0]::self.shard[1]] if self.shard else every
+
+    def process(self, batch: dict) -> None:
+        """Explain, score and commit one :func:`collate`d batch (updates :attr:`summary`)."""
+        summary, config = self.summary, self.config
+        items = batch["items"]
         skips = [{"image_id": it["image_id"], "stage": "load", "reason": it["error"]} for it in items if it["error"]]
         good = [it for it in items if not it["error"]]
         key = hashlib.sha1("|".join([it["image_id"] for it in items] + summary.methods).encode()).hexdigest()[:16]
         summary.skipped += len(skips)
-        todo = _work_left(good, methods, config.protocols, done)
+        todo = _work_left(good, self.methods, config.protocols, self.done)
         if todo:
-            rows, filtered = _explain_batch(good, todo, ctx, key, skips)
+            x = batch["x"].to(self.device, non_blocking=True)
+            rows, filtered = _explain_batch(good, todo, x, self.ctx, key, skips)
             summary.images += len(todo) - filtered
             summary.skipped += filtered
             summary.rows += rows
         else:
-            writer.write_skips(key, skips)
+            self.writer.write_skips(key, skips)
         summary.already_done += len(good) - len(todo)
-        if progress:
-            progress(seen, total)
 
-    summary.seconds = time.perf_counter() - t_start
-    summary.faithfulness_seconds = ctx.faithfulness_seconds
-    writer.write_manifest({
-        "counts": {"images": summary.images, "skipped": summary.skipped, "already_done": summary.already_done,
-                   "rows": summary.rows},
-        "timings": {"total_seconds": round(summary.seconds, 3), "capture_seconds": round(ctx.capture_seconds, 3),
-                    "faithfulness_seconds": round(ctx.faithfulness_seconds, 3),
-                    "images_per_second": round(summary.images_per_second, 3)},
-    })
-    return summary
+    def finish(self) -> RunSummary:
+        summary = self.summary
+        summary.seconds = time.perf_counter() - self.t_start
+        summary.faithfulness_seconds = self.ctx.faithfulness_seconds
+        report = {
+            "counts": {"images": summary.images, "skipped": summary.skipped, "already_done": summary.already_done,
+                       "rows": summary.rows},
+            "timings": {"total_seconds": round(summary.seconds, 3),
+                        "capture_seconds": round(self.ctx.capture_seconds, 3),
+                        "faithfulness_seconds": round(self.ctx.faithfulness_seconds, 3),
+                        "images_per_second": round(summary.images_per_second, 3)},
+        }
+        if self.shard:  # every shard reports on its own; the run's file keeps the shared config
+            self.writer.write_shard_report(f"shard-{self.shard[0]}-of-{self.shard[1]}", report)
+        else:
+            self.writer.write_manifest(report)
+        return summary
+
+
+def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
+        progress: Callable[[int, int], None] | None = None, class_names: tuple[str, ...] | None = None) -> RunSummary:
+    """Run the job described by ``config`` on this process's shard; ``dataset``/``loaded`` may be given to
+    bypass VOC / timm loading, ``class_names`` to name a data source's classes (default: the source's own, or
+    VOC's). ``progress(done_images, total_images)`` is called after every batch.
+
+    Decoding and resizing happen in DataLoader worker processes; batches are pinned and copied without
+    blocking when the device is a GPU.
+    """
+    job = Job(config, dataset=dataset, loaded=loaded, class_names=class_names)
+    workers = config.num_workers if config.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+    indices = job.indices
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(job.prepared, indices), batch_size=config.batch_size, shuffle=False,
+        num_workers=workers, collate_fn=collate, pin_memory=job.device.type == "cuda", persistent_workers=False)
+    seen = 0
+    for batch in loader:
+        job.process(batch)
+        seen += len(batch["items"])
+        if progress:
+            progress(seen, len(indices))
+    return job.finish()
 
 
 def _work_left(good: list[dict], methods: list[Method], protocols, done: set) -> dict[str, list[Method]]:
@@ -339,7 +440,8 @@ def _ground_truth(protocol: str, present: list[int], explained: int | None, voc:
     return [mapped], _name(class_names, mapped)
 
 
-def _explain_batch(good, todo, ctx: _Context, key: str, skip_rows: list[dict]) -> tuple[int, int]:
+def _explain_batch(good, todo, x_batch: torch.Tensor, ctx: _Context, key: str, skip_rows: list[dict]
+                   ) -> tuple[int, int]:
     """Explain, score and commit one batch; returns (metric rows written, images dropped by the confidence
     filter)."""
     config, loaded, cmap, class_names = ctx.config, ctx.loaded, ctx.cmap, ctx.class_names
@@ -349,7 +451,7 @@ def _explain_batch(good, todo, ctx: _Context, key: str, skip_rows: list[dict]) -
         for m in todo[it["image_id"]]:
             if m.key not in {x.key for x in methods}:
                 methods.append(m)
-    x = torch.stack([it["x"] for it in items]).to(ctx.device, non_blocking=True)
+    x = x_batch[torch.tensor([it["row"] for it in items], device=x_batch.device)]
     requires = set().union(*(m.requires for m in methods))
 
     filtered = 0

@@ -83,6 +83,14 @@ class StoreWriter:
         pq.write_table(to_table(table, rows), tmp, compression="zstd")
         os.replace(tmp, path)
 
+    def write_shard_report(self, name: str, report: dict) -> Path:
+        """Counts and timings of one shard: ``runs/<run_id>/<name>.json`` (shards never race on one file)."""
+        folder = self.out / "runs" / self.run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.json"
+        _atomic_write_bytes(path, json.dumps({**report, "run_id": self.run_id}, indent=2, default=str).encode())
+        return path
+
     def write_manifest(self, manifest: dict) -> Path:
         path = self.out / "runs" / f"{self.run_id}.json"
         previous = json.loads(path.read_text()) if path.exists() else {}

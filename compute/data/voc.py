@@ -101,6 +101,10 @@ class VOCSegmentation:
         # optional extras of generated sets (compute.data.synthetic): per-image facts and a planted-cue mask
         meta_file = self.root / "ImageSets" / "Segmentation" / f"{split}_meta.json"
         self.meta: dict[str, dict] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        # a generated set names its own classes (index 0 = background) in its manifest
+        manifest = self.root / "synthetic.json"
+        names = json.loads(manifest.read_text()).get("class_names") if manifest.is_file() else None
+        self.class_names: tuple[str, ...] = tuple(names) if names else VOC_CLASSES
 
     def __len__(self) -> int:
         return len(self.ids)

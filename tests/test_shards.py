@@ -1,0 +1,54 @@
+"""Sharded runs: deterministic split, the union of n shards equals one unsharded run, torchrun/SLURM env."""
+
+from __future__ import annotations
+
+import pytest
+
+from compute.runner import RunConfig, parse_shard, run
+from store.query import connect
+
+COLS = "image_id, method, protocol, target_class, iou, f1, pixel_accuracy, relevance_mass, roc_auc"
+
+
+def _config(voc_mini, out, **kw):
+    return RunConfig(out=str(out), voc_root=str(voc_mini), model="vit_tiny_patch16_224", random_init=True,
+                     methods="raw_attention,gradcam", batch_size=3, num_workers=0, **kw)
+
+
+def test_union_of_three_shards_equals_a_single_run(voc_mini, tmp_path):
+    single = run(_config(voc_mini, tmp_path / "single"))
+    counts = [run(_config(voc_mini, tmp_path / "sharded", shard=f"{i}/3")).images for i in range(3)]
+    assert counts == [4, 3, 3] and single.images == 10
+    a = connect(tmp_path / "single").execute(f"SELECT {COLS} FROM metrics ORDER BY ALL").fetchall()
+    b = connect(tmp_path / "sharded").execute(f"SELECT {COLS} FROM metrics ORDER BY ALL").fetchall()
+    assert a == b and len(a) == 40
+    con = connect(tmp_path / "sharded")
+    assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 10
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1  # one run, three shard reports
+    assert len(list((tmp_path / "sharded" / "runs").glob("*/shard-*-of-3.json"))) == 3
+
+
+def test_the_same_shard_always_gets_the_same_images(voc_mini, tmp_path):
+    run(_config(voc_mini, tmp_path / "a", shard="1/4"))
+    run(_config(voc_mini, tmp_path / "b", shard="1/4"))
+    q = "SELECT DISTINCT image_id FROM metrics ORDER BY 1"
+    assert connect(tmp_path / "a").execute(q).fetchall() == connect(tmp_path / "b").execute(q).fetchall()
+
+
+def test_shard_spec_and_environment(monkeypatch):
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "-1/2", "a/b", "3"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+    for var in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
+        monkeypatch.delenv(var, raising=False)
+    assert parse_shard(None) is None
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "8")
+    assert parse_shard(None) == (3, 8)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert parse_shard(None) == (1, 2)  # torchrun first
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT")
+    assert parse_shard(None) is None
