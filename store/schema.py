@@ -69,7 +69,7 @@ HEATMAPS = pa.schema([
     ("target_class", pa.int32()),
     ("height", pa.int32()),
     ("width", pa.int32()),
-    ("data", pa.binary()),               # float16 little-endian, row-major [height, width], as computed
+    ("data", pa.binary()),               # float32 scale + map/scale as float16, little-endian, row-major
 ])
 
 IMAGES = pa.schema([
@@ -117,10 +117,23 @@ def to_table(name: str, rows: list[dict]) -> pa.Table:
 
 
 def encode_heatmap(heatmap: np.ndarray) -> bytes:
-    """A 2-D map -> the ``heatmaps.data`` bytes (float16, little-endian, row-major)."""
-    return np.ascontiguousarray(heatmap, dtype="<f2").tobytes()
+    """A 2-D map -> the ``heatmaps.data`` bytes: a float32 scale, then the map divided by it as float16.
+
+    Scaling by the largest magnitude first keeps float16's ~3 significant digits for every map, however small
+    its raw values (e.g. input gradients of a weak model would otherwise fall below float16's normal range).
+    """
+    m = np.asarray(heatmap, dtype=np.float32)
+    peak = float(np.max(np.abs(m))) if m.size else 0.0
+    scale = peak if np.isfinite(peak) and peak > 0 else 1.0
+    return np.float32(scale).astype("<f4").tobytes() + np.ascontiguousarray(m / scale, dtype="<f2").tobytes()
 
 
 def decode_heatmap(data: bytes, height: int, width: int) -> np.ndarray:
-    """``heatmaps.data`` bytes -> float32 array ``[height, width]``."""
-    return np.frombuffer(data, dtype="<f2").reshape(int(height), int(width)).astype(np.float32)
+    """``heatmaps.data`` bytes -> float32 array ``[height, width]`` (also reads unscaled float16 payloads)."""
+    n = int(height) * int(width)
+    if len(data) == 4 + 2 * n:
+        scale = float(np.frombuffer(data[:4], dtype="<f4")[0])
+        data = data[4:]
+    else:
+        scale = 1.0
+    return np.frombuffer(data, dtype="<f2").reshape(int(height), int(width)).astype(np.float32) * np.float32(scale)

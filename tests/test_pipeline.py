@@ -144,3 +144,19 @@ def test_part_files_are_plain_parquet_with_the_schema(store):
     assert not list(store.rglob("*.tmp"))
 
 
+
+
+def test_heatmap_codec_keeps_three_digits_at_any_magnitude():
+    import numpy as np
+
+    from store.schema import decode_heatmap, encode_heatmap
+
+    rng = np.random.default_rng(0)
+    for magnitude in (1e-9, 1e-3, 1.0, 1e4):
+        m = (rng.standard_normal((14, 14)) * magnitude).astype(np.float32)
+        back = decode_heatmap(encode_heatmap(m), 14, 14)
+        assert np.allclose(back, m, rtol=1e-3, atol=1e-3 * np.abs(m).max())
+    zeros = np.zeros((3, 4), np.float32)
+    assert (decode_heatmap(encode_heatmap(zeros), 3, 4) == 0).all()
+    legacy = np.arange(6, dtype="<f2").tobytes()  # unscaled float16 payload
+    assert decode_heatmap(legacy, 2, 3).tolist() == [[0, 1, 2], [3, 4, 5]]
