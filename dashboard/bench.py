@@ -212,7 +212,7 @@ def bench_browser(store: Path, changes: int = 3) -> list[tuple[str, list[float]]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen(command(store, port, "127.0.0.1", True), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(store, port, "127.0.0.1"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "VITLENS_STORE": str(store)})
     settled = """() => { const a = document.querySelector('[data-testid=stApp]');

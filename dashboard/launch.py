@@ -10,12 +10,13 @@ from pathlib import Path
 APP = Path(__file__).resolve().parent / "app.py"
 
 
-def command(store: str | Path, port: int = 8501, host: str = "localhost", headless: bool = False) -> list[str]:
-    """The ``streamlit run`` command line that serves ``store``."""
+def command(store: str | Path, port: int = 8501, host: str = "localhost") -> list[str]:
+    """The ``streamlit run`` command line that serves ``store``. Streamlit itself always runs headless: its
+    non-headless first start stops at an interactive e-mail prompt; :func:`serve` opens the browser instead."""
     return [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.port", str(int(port)), "--server.address", str(host),
-        "--server.headless", "true" if headless else "false",
+        "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",
         "--global.disableWidgetStateDuplicationWarning", "true",
@@ -29,7 +30,12 @@ def serve(store: str | Path, port: int = 8501, host: str = "localhost", headless
 
     env = {**os.environ, ENV_STORE: str(Path(store).expanduser().resolve())}
     print(f"vitlens dashboard of {env[ENV_STORE]} on http://{host}:{port}  (Ctrl+C stops it)", flush=True)
+    if not headless:
+        import threading
+        import webbrowser
+
+        threading.Timer(2.0, webbrowser.open, args=(f"http://{host}:{port}",)).start()
     try:
-        return subprocess.call(command(store, port, host, headless), env=env)
+        return subprocess.call(command(store, port, host), env=env)
     except KeyboardInterrupt:
         return 0

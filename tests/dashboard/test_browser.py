@@ -64,7 +64,7 @@ def server(store, tmp_path):
     log = tmp_path / "server.log"
     env = {**os.environ, "VITLENS_STORE": str(store)}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(command(store, port=port, host="127.0.0.1", headless=True), cwd=REPO, env=env,
+        proc = subprocess.Popen(command(store, port=port, host="127.0.0.1"), cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_healthy(port, proc, log)

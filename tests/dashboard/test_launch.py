@@ -11,10 +11,11 @@ from dashboard.data import store_path
 
 
 def test_command_line(tmp_path):
-    cmd = launch.command(tmp_path / "results", port=8765, host="0.0.0.0", headless=True)
+    cmd = launch.command(tmp_path / "results", port=8765, host="0.0.0.0")
     assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == launch.APP and launch.APP.is_file()
     assert cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--server.headless") + 1] == "true"  # never the interactive first-run prompt
     assert cmd[-3:] == ["--", "--store", str((tmp_path / "results").resolve())]
 
 
