@@ -84,6 +84,13 @@ class Captured:
         return token_values[:, self.num_prefix_tokens:].reshape(-1, gh, gw)
 
 
+def _kept(t: Tensor) -> Tensor:
+    """Detached, and in float32 when computed in half precision (under autocast), so methods never do
+    arithmetic in bfloat16."""
+    t = t.detach()
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class _Recorder:
     def __init__(self, keep: set[str], residual_gate: bool):
         self.keep = keep
@@ -138,13 +145,13 @@ def _instrumented_block_forward(block: torch.nn.Module, rec: _Recorder) -> Calla
             fc2_in = mlp.norm(mlp.drop1(mlp.act(fc1_out)))
             mlp_out = mlp.drop2(mlp.fc2(fc2_in))
             rec.internals.append({
-                "x_in": x.detach(), "h1": h.detach(), "q": q.detach(), "k": k.detach(), "v": v.detach(),
-                "attn": attn.detach(), "ctx": ctx.detach(), "ctx_n": ctx_n.detach(), "attn_out": attn_out.detach(),
-                "x_mid": x_mid.detach(), "h2": h2.detach(), "fc1_out": fc1_out.detach(),
-                "fc2_in": fc2_in.detach(), "mlp_out": mlp_out.detach(),
+                "x_in": _kept(x), "h1": _kept(h), "q": _kept(q), "k": _kept(k), "v": _kept(v),
+                "attn": _kept(attn), "ctx": _kept(ctx), "ctx_n": _kept(ctx_n), "attn_out": _kept(attn_out),
+                "x_mid": _kept(x_mid), "h2": _kept(h2), "fc1_out": _kept(fc1_out),
+                "fc2_in": _kept(fc2_in), "mlp_out": _kept(mlp_out),
             })
             x_out = x_mid + block.drop_path2(block.ls2(mlp_out))
-            rec.internals[-1]["x_out"] = x_out.detach()
+            rec.internals[-1]["x_out"] = _kept(x_out)
             return x_out
         return x_mid + block.drop_path2(block.ls2(mlp(h2)))
 
@@ -206,7 +213,7 @@ def capture(model: torch.nn.Module, x: Tensor, requires: set[str] | frozenset[st
         rec.gate_open = True
         got = torch.autograd.grad(value.sum(), wrt, retain_graph="attn_grad_residual" in grads)
         for g in true_grads:
-            part = [t.detach() for t in got[spans[g]]]
+            part = [_kept(t) for t in got[spans[g]]]
             if g == "input_grad":
                 cap.input_grad = part[0]
             else:
@@ -214,11 +221,11 @@ def capture(model: torch.nn.Module, x: Tensor, requires: set[str] | frozenset[st
     if "attn_grad_residual" in grads:
         rec.gate_open = False
         got = torch.autograd.grad(value.sum(), rec.store["attn"])
-        cap.attn_grad_residual = [t.detach() for t in got]
+        cap.attn_grad_residual = [_kept(t) for t in got]
         rec.gate_open = True
     for key in ("attn", "scores", "tokens"):
         if key in requires:
-            setattr(cap, key, [t.detach() for t in rec.store[key]])
+            setattr(cap, key, [_kept(t) for t in rec.store[key]])
     if "internals" in keep:
         cap.internals = rec.internals
         cap.final_tokens = rec.internals[-1]["x_out"]

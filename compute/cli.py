@@ -76,6 +76,8 @@ def compute(
     faithfulness_steps: int = typer.Option(10, min=1, help="Steps of the deletion/insertion curves."),
     faithfulness_baseline: str = typer.Option("zero", help="What removed patches become: zero (the mean "
                                                            "colour) or blur (the Gaussian-blurred image)."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 to capture under bfloat16 autocast (faster on "
+                                                "recent GPUs; `vitlens bench --bf16` shows how much maps move)."),
     shard: Optional[str] = typer.Option(None, help="i/n: this process explains every n-th image from the i-th "
                                                    "(0-based) into the same run; default: torchrun's RANK/WORLD_SIZE "
                                                    "or a SLURM array's task id/count when set."),
@@ -89,7 +91,8 @@ def compute(
                        target=target, batch_size=batch_size, device=device, limit=limit, seed=seed,
                        num_workers=workers, explain=explain.strip(), min_confidence=min_confidence,
                        faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
-                       faithfulness_baseline=faithfulness_baseline.strip(), shard=shard)
+                       faithfulness_baseline=faithfulness_baseline.strip(), shard=shard,
+                       precision=precision.strip())
     with Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
         task = bar.add_task("images", total=None)

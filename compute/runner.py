@@ -63,6 +63,7 @@ class RunConfig:
     seed: int = 0
     num_workers: int | None = None
     shard: str | None = None  # "i/n": every n-th image from the i-th; default from RANK/WORLD_SIZE if set
+    precision: str = "fp32"  # "bf16": capture under bfloat16 autocast (methods still compute in float32)
     explain: str = "top1"  # "top1": the --target; "present": clean explains every present VOC class
     min_confidence: float | None = None  # only images whose top-1 probability is above it
     faithfulness: bool = False
@@ -83,6 +84,8 @@ class RunConfig:
             ident["target"] = f"cosine:{_fingerprint(ref)}" if ref != "mean" else "cosine:mean"
             if ref == "mean":
                 ident["limit"] = self.limit
+        if self.precision != "fp32":
+            ident["precision"] = self.precision
         if self.faithfulness:
             ident["faithfulness"] = {"steps": self.faithfulness_steps, "baseline": self.faithfulness_baseline}
         return ident
@@ -397,6 +400,8 @@ class _Pass:
 
 
 def _check_options(config: RunConfig, loaded: LoadedModel, cmap: ClassMap | None, reason: str | None) -> None:
+    if config.precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown --precision {config.precision!r}; choose fp32 or bf16")
     if config.explain not in ("top1", "present"):
         raise ValueError(f"unknown --explain {config.explain!r}; choose top1 or present")
     if config.explain == "present":
@@ -487,7 +492,8 @@ def _explain_batch(good, todo, x_batch: torch.Tensor, ctx: _Context, key: str, s
     covered = torch.full((len(items),), outputs is not None, dtype=torch.bool)  # whose logits are known
     for ps in passes:
         t0 = time.perf_counter()
-        cap = capture(loaded.model, x[ps.rows], requires, target=ps.target)
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            cap = capture(loaded.model, x[ps.rows], requires, target=ps.target)
         ctx.capture_seconds += time.perf_counter() - t0
         if outputs is None:
             outputs = torch.zeros(len(items), cap.outputs.shape[1])

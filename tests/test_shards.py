@@ -52,3 +52,16 @@ def test_shard_spec_and_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.delenv("SLURM_ARRAY_TASK_COUNT")
     assert parse_shard(None) is None
+
+
+def test_bf16_precision_is_its_own_run_and_stays_close_to_fp32(voc_mini, tmp_path):
+    fp32 = run(_config(voc_mini, tmp_path / "s", limit=4))
+    bf16 = run(_config(voc_mini, tmp_path / "s", limit=4, precision="bf16"))
+    assert fp32.run_id != bf16.run_id and bf16.images == 4
+    con = connect(tmp_path / "s")
+    drift = con.execute("""SELECT avg(abs(a.target_value - b.target_value) / abs(a.target_value)) FROM metrics a
+                           JOIN metrics b USING (image_id, method, protocol) WHERE a.run_id = ? AND b.run_id = ?""",
+                        [fp32.run_id, bf16.run_id]).fetchone()[0]
+    assert 0 < drift < 0.05  # bf16 logits move a little, not a lot
+    with pytest.raises(ValueError, match="precision"):
+        run(_config(voc_mini, tmp_path / "t", precision="fp8"))
