@@ -81,9 +81,23 @@ def compute(
     shard: Optional[str] = typer.Option(None, help="i/n: this process explains every n-th image from the i-th "
                                                    "(0-based) into the same run; default: torchrun's RANK/WORLD_SIZE "
                                                    "or a SLURM array's task id/count when set."),
+    backend: str = typer.Option("local", "--backend", help="local: this process (DataLoader workers decode); "
+                                                          "ray: a pool of Ray actors, one model each "
+                                                          "(pip install 'vitlens\\[ray]'; see docs/scaling.md)."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1,
+                                              help="Ray actors (default: one per GPU of the cluster, else 2)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                              help="Ray cluster to use (auto, host:port, ray://host:10001); "
+                                                   "default: a local Ray instance for this run."),
 ):
     """Explain every image of a VOC split with every requested method and write the scores to a store."""
     from compute.runner import RunConfig, run
+
+    backend = backend.strip().lower()
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown --backend {backend!r}; choose local or ray")
+    if backend == "local" and ray_workers is not None:
+        raise ValueError("--ray-workers applies to --backend ray")
 
     config = RunConfig(out=str(out), voc_root=str(voc_root), split=split, model=model,
                        weights=str(weights) if weights else None, random_init=random_init, img_size=img_size,
@@ -100,7 +114,12 @@ def compute(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        summary = run(config, progress=progress)
+        if backend == "ray":
+            from compute.distributed import run_ray
+
+            summary = run_ray(config, num_workers=ray_workers, address=ray_address, progress=progress)
+        else:
+            summary = run(config, progress=progress)
     stdout.print(summary.line())
 
 
