@@ -218,7 +218,7 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
 
 def _shard_device(device: str) -> str:
     """Under torchrun each process takes the GPU of its LOCAL_RANK."""
-    if device == "auto" and torch.cuda.is_available() and os.environ.get("LOCAL_RANK"):
+    if device in ("auto", "cuda") and torch.cuda.is_available() and os.environ.get("LOCAL_RANK"):
         return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     return device
 

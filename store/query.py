@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from store.schema import METRIC_COLUMNS, TABLES, decode_heatmap, empty_table  # noqa: F401 (re-export)
+from store.schema import COMMIT_TABLE, METRIC_COLUMNS, TABLES, decode_heatmap, empty_table  # noqa: F401 (re-export)
 
 
 class StoreError(ValueError):
@@ -34,8 +34,11 @@ def connect(store: str | Path) -> duckdb.DuckDBPyConnection:
     if not root.is_dir():
         raise StoreError(f"store folder {str(root)!r} does not exist; {FILL_HINT}")
     con = duckdb.connect()
+    committed = {(p.parent.name, p.name) for p in root.glob(f"{COMMIT_TABLE}/run_id=*/part-*.parquet")}
     for table in TABLES:
-        files = sorted(str(p) for p in root.glob(f"{table}/run_id=*/part-*.parquet"))
+        # a heatmaps/images part counts only once its batch's metrics part (the commit marker) exists
+        files = sorted(str(p) for p in root.glob(f"{table}/run_id=*/part-*.parquet")
+                       if table in (COMMIT_TABLE, "skips") or (p.parent.name, p.name) in committed)
         if files:
             rel = con.read_parquet(files, hive_partitioning=False, union_by_name=True)
         else:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from store.schema import COMMIT_TABLE, RESUME_KEY, SCHEMA_VERSION, TABLES, to_table
+
+
+ORPHAN_AGE = 600.0  # seconds
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -33,19 +37,25 @@ class StoreWriter:
         return self.out / table / f"run_id={self.run_id}"
 
     def _remove_orphans(self) -> int:
-        """Drop leftovers of an interrupted batch: temp files, and parts whose metrics twin never landed."""
+        """Drop leftovers of an interrupted batch: temp files, and parts whose metrics twin never landed.
+
+        Only leftovers older than ``ORPHAN_AGE`` seconds go: another process of the same run (a shard, an
+        actor) may be between writing a batch's heatmaps part and its metrics part right now. Readers ignore
+        uncommitted parts anyway (:func:`store.query.connect`), so a young leftover is never seen."""
         committed = {p.name for p in self.part_dir(COMMIT_TABLE).glob("part-*.parquet")}
+        cutoff = time.time() - ORPHAN_AGE
         removed = 0
         for table in TABLES:
-            for p in self.part_dir(table).glob(".*.tmp"):
-                p.unlink(missing_ok=True)
-                removed += 1
-            if table in (COMMIT_TABLE, "skips"):
-                continue
-            for p in self.part_dir(table).glob("part-*.parquet"):
-                if p.name not in committed:
-                    p.unlink(missing_ok=True)
-                    removed += 1
+            stale = [p for p in self.part_dir(table).glob(".*.tmp")]
+            if table not in (COMMIT_TABLE, "skips"):
+                stale += [p for p in self.part_dir(table).glob("part-*.parquet") if p.name not in committed]
+            for p in stale:
+                try:
+                    if p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
         return removed
 
     def _read_column_sets(self, table: str, columns: tuple[str, ...]) -> set[tuple]:

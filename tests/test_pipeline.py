@@ -160,3 +160,27 @@ def test_heatmap_codec_keeps_three_digits_at_any_magnitude():
     assert (decode_heatmap(encode_heatmap(zeros), 3, 4) == 0).all()
     legacy = np.arange(6, dtype="<f2").tobytes()  # unscaled float16 payload
     assert decode_heatmap(legacy, 2, 3).tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_uncommitted_parts_are_invisible_and_removed_only_once_stale(store, tmp_path):
+    import os
+    import shutil
+    import time
+
+    import store.writer as writer_mod
+    from store.writer import StoreWriter
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    run_dir = next((copy / "heatmaps").glob("run_id=*"))
+    part = next(run_dir.glob("part-*.parquet"))
+    orphan = run_dir / "part-orphan.parquet"
+    shutil.copy(part, orphan)  # a heatmaps part whose metrics twin never landed
+    before = connect(store).execute("SELECT count(*) FROM heatmaps").fetchone()[0]
+    assert connect(copy).execute("SELECT count(*) FROM heatmaps").fetchone()[0] == before
+    run_id = run_dir.name.split("=", 1)[1]
+    StoreWriter(copy, run_id)
+    assert orphan.exists()  # young: another process of the run may be mid-batch
+    old = time.time() - writer_mod.ORPHAN_AGE - 5
+    os.utime(orphan, (old, old))
+    assert StoreWriter(copy, run_id).removed_orphans == 1 and not orphan.exists()
