@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from compute.capture import capture
+from compute.targets import per_image_classes
 from compute.methods import Method
 from compute.metrics.localisation import minmax_normalise, otsu_binarise
 
@@ -141,7 +142,7 @@ def bf16_effect(model: torch.nn.Module, input_size: tuple[int, int], methods: li
     union = set().union(*(m.requires for m in methods))
     ref = capture(model, x, union)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        low = capture(model, x, union, target=lambda out: _same_class(out, ref.target_class))
+        low = capture(model, x, union, target=per_image_classes(ref.target_class))
     results = []
     for m in methods:
         a, b = m(ref).float().cpu().numpy(), m(low).float().cpu().numpy()
@@ -154,8 +155,3 @@ def bf16_effect(model: torch.nn.Module, input_size: tuple[int, int], methods: li
             ious.append(np.count_nonzero(ma & mb) / union_px if union_px else 1.0)
         results.append((m.key, float(np.nanmean(corrs)), float(np.mean(ious))))
     return results
-
-
-def _same_class(outputs: torch.Tensor, classes: torch.Tensor):
-    idx = classes.to(outputs.device)
-    return outputs.gather(1, idx[:, None])[:, 0], idx

@@ -175,14 +175,14 @@ def instrumented(model: torch.nn.Module, rec: _Recorder):
 TargetFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
-def _top1(outputs: Tensor) -> tuple[Tensor, Tensor]:
-    classes = outputs.argmax(dim=-1)
-    return outputs.gather(1, classes[:, None])[:, 0], classes
-
-
 def capture(model: torch.nn.Module, x: Tensor, requires: set[str] | frozenset[str],
-            target: TargetFn = _top1) -> Captured:
-    """One forward over the batch ``x`` (and the backward passes ``requires`` implies); see the module doc."""
+            target: TargetFn | None = None) -> Captured:
+    """One forward over the batch ``x`` (and the backward passes ``requires`` implies); see the module doc.
+    ``target`` defaults to the top-1 logit (:func:`compute.targets.parse_target`)."""
+    if target is None:
+        from compute.targets import parse_target
+
+        target = parse_target("top1", headless=False)
     unknown = set(requires) - set(REQUIREMENTS)
     if unknown:
         raise ValueError(f"unknown capture requirement(s) {sorted(unknown)}; known: {sorted(REQUIREMENTS)}")
