@@ -37,7 +37,8 @@ from compute.capture import capture
 from compute.data.classmap import ClassMap, classmap_for
 from compute.data.voc import VOC_CLASSES, SampleError
 from compute.methods import Method, parse_methods
-from compute.metrics import PROTOCOLS, PreparedMap, score
+from compute.metrics import PROTOCOLS
+from compute.metrics.batched import score_image
 from compute.metrics.faithfulness import BASELINES, deletion_insertion, probability_score, value_score
 from compute.models import LoadedModel, Preprocess, load_model
 from compute.targets import Target, resolve_target, voc_logsumexp
@@ -570,18 +571,27 @@ def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Contex
     curves = _faithfulness(ps, cap, {k: v[1] for k, v in maps.items()}, ctx) if ctx.config.faithfulness and maps else {}
 
     probs = None if loaded.headless else torch.softmax(cap.outputs, dim=-1)
+    maps_np = {key_: out.cpu().numpy() for key_, (_, out, _) in maps.items()}
     rows = []
-    for key_, (m, out, seconds) in maps.items():
-        maps_np = out.cpu().numpy()
-        for j, it in enumerate(pass_items):
-            if m not in todo[it["image_id"]]:
-                continue
-            tc = int(cap.target_class[j])
-            pred = int(cap.outputs[j].argmax()) if probs is not None else None
-            voc = ps.voc[j] if ps.voc is not None else None
-            target_class = voc if voc is not None else (tc if tc >= 0 else None)
-            target_label = (_name(class_names, voc) if voc is not None
-                            else loaded.label(tc) if tc >= 0 else ps.target.kind)
+    for j, it in enumerate(pass_items):
+        keys = [key_ for key_, (m, _, _) in maps.items() if m in todo[it["image_id"]]]
+        if not keys:
+            continue
+        tc = int(cap.target_class[j])
+        pred = int(cap.outputs[j].argmax()) if probs is not None else None
+        voc = ps.voc[j] if ps.voc is not None else None
+        target_class = voc if voc is not None else (tc if tc >= 0 else None)
+        target_label = (_name(class_names, voc) if voc is not None
+                        else loaded.label(tc) if tc >= 0 else ps.target.kind)
+        explained = tc if (tc >= 0 and voc is None and ps.target.kind == "logit") else None
+        truths = [(protocol, *_ground_truth(protocol, it["classes"], explained, voc, cmap, class_names))
+                  for protocol in ps.protocols]
+        # every map of this image against every protocol's ground truth at once, on the maps' device
+        scores = score_image([maps[key_][1][j] for key_ in keys], it["mask"],
+                             [(protocol, gt_classes) for protocol, gt_classes, _ in truths],
+                             cue=it["extra_masks"].get("cue"))
+        for key_, per_request in zip(keys, scores):
+            m, _, seconds = maps[key_]
             common = {
                 "image_id": it["image_id"], "split": split, "model": loaded.name, "method": m.key,
                 "target_kind": ps.target.kind, "target_class": target_class, "target_label": target_label,
@@ -595,16 +605,12 @@ def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Contex
             if key_ in curves:
                 common["deletion_auc"] = float(curves[key_].deletion_auc[j])
                 common["insertion_auc"] = float(curves[key_].insertion_auc[j])
-            prep = PreparedMap(maps_np[j], it["mask"].shape)
-            explained = tc if (tc >= 0 and voc is None and ps.target.kind == "logit") else None
-            for protocol in ps.protocols:
-                gt_classes, gt_target = _ground_truth(protocol, it["classes"], explained, voc, cmap, class_names)
-                rows.append({**common, "protocol": protocol, "gt_target": gt_target,
-                             **score(maps_np[j], it["mask"], protocol, gt_classes=gt_classes,
-                                     extra_masks=it["extra_masks"], prepared=prep)})
+            for (protocol, _, gt_target), scored in zip(truths, per_request):
+                rows.append({**common, "protocol": protocol, "gt_target": gt_target, **scored})
+            heatmap = maps_np[key_][j]
             heatmap_rows.append({"image_id": it["image_id"], "method": m.key, "target_kind": ps.target.kind,
-                                 "target_class": target_class, "height": maps_np.shape[1],
-                                 "width": maps_np.shape[2], "data": encode_heatmap(maps_np[j])})
+                                 "target_class": target_class, "height": heatmap.shape[0],
+                                 "width": heatmap.shape[1], "data": encode_heatmap(heatmap)})
     return rows
 
 

@@ -67,6 +67,40 @@ def test_report_and_clean_protocols_differ_only_where_void_matters(store):
     assert diff == scored  # every VOC mask has void pixels: counting them as object changes the object area
 
 
+def test_stored_scores_are_the_reference_scores_of_the_stored_maps(store):
+    """The batch job scores every map of an image at once; each row must still be what the one-map reference
+    ``score`` gives for that row's own map, mask and ground truth (maps are stored as float16, hence the
+    tolerance on what depends on the map)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from compute.data.voc import VOC_CLASSES
+    from compute.metrics import score
+    from store.schema import decode_heatmap
+
+    con = connect(store)
+    rows = con.execute("""
+        SELECT m.method, m.protocol, m.gt_target, m.iou, m.pred_area, m.gt_area, m.roc_auc, m.relevance_mass,
+               h.data, h.height, h.width, i.mask_png
+        FROM metrics m JOIN heatmaps h USING (image_id, method) JOIN images i USING (image_id)
+        WHERE m.iou IS NOT NULL""").fetchall()
+    assert len(rows) >= 40  # every report row, and the clean rows whose class is in the image
+    for method, protocol, gt_target, iou, pred_area, gt_area, auc, mass, data, h, w, png in rows:
+        mask = np.asarray(Image.open(io.BytesIO(png)))
+        classes = None if protocol == "report" else [VOC_CLASSES.index(c) for c in gt_target.split(",")]
+        want = score(decode_heatmap(data, h, w), mask, protocol, gt_classes=classes)
+        where = f"{method} {protocol} {gt_target}"
+        assert gt_area == pytest.approx(want["gt_area"], rel=1e-6), where  # stored as float32
+        assert iou == pytest.approx(want["iou"], abs=0.03), where
+        assert pred_area == pytest.approx(want["pred_area"], abs=0.03), where
+        assert auc == pytest.approx(want["roc_auc"], abs=0.01), where
+        assert (mass is None) == (want["relevance_mass"] is None), where
+        if mass is not None:
+            assert mass == pytest.approx(want["relevance_mass"], abs=0.01), where
+
+
 def test_rerun_into_the_same_store_adds_no_rows(store, voc_mini):
     before = connect(store).execute("SELECT count(*) FROM metrics").fetchone()[0]
     result = cli.invoke(app, ["compute", "--voc-root", str(voc_mini), "--methods", "raw_attention,rollout,gradcam,agcam",

@@ -7,8 +7,10 @@
 - :mod:`compute.metrics.faithfulness` — deletion / insertion curves (extra forward passes; the runner calls it
   per batch, not :func:`score`);
 
-:func:`score` is what the batch job calls for one map of one image under one protocol; each family adds its
-columns (named in ``store.schema.METRICS``) to the row it returns.
+:func:`score` is the definition for one map of one image under one protocol; each family adds its columns (named
+in ``store.schema.METRICS``) to the row it returns. The batch job calls :func:`compute.metrics.batched.score_image`,
+which computes the same columns for every map of an image and every protocol at once, on the GPU when the maps
+are there (tested equal to :func:`score`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,135 @@
+"""The batched scorer gives, for every map and request, what the one-map NumPy reference ``score`` gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compute.metrics import score
+from compute.metrics.batched import score_image
+
+REQUESTS = [("report", None), ("clean", None), ("clean", [8]), ("clean", [3, 8]), ("clean", []), ("clean", [15])]
+
+
+def _mask(rng, shape, kind="mixed") -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    h, w = shape
+    if kind in ("mixed", "objects"):
+        mask[h // 5: h // 2, w // 4: 3 * w // 4] = 8
+        mask[h // 2: 4 * h // 5, w // 6: w // 2] = 3
+        mask[h // 2, :] = 255                                            # void band between the objects
+        mask[rng.random(shape) < 0.02] = 255
+    if kind == "objects":
+        mask[mask == 0] = 8                                              # no background at all
+    if kind == "void":
+        mask[:] = 255
+    return mask
+
+
+def _maps(rng, size) -> list[np.ndarray]:
+    h, w = size
+    noisy = rng.standard_normal((14, 14)).astype(np.float32)
+    ties = np.round(rng.random((14, 14)), 1).astype(np.float32)         # many equal values
+    with_nan = rng.random((7, 9)).astype(np.float32)
+    with_nan[0, 0], with_nan[3, 4], with_nan[5, 1] = np.nan, np.inf, -np.inf
+    return [
+        noisy, ties, with_nan,
+        rng.random((32, 32)).astype(np.float32),                        # another resolution
+        rng.random((h, w)).astype(np.float32),                          # already at the mask's size
+        np.round(rng.random((h, w)) * 4).astype(np.float32),            # pixel resolution with ties
+        -rng.random((14, 14)).astype(np.float32),                        # no positive mass
+        np.full((14, 14), 7.5, np.float32),                              # constant
+        np.zeros((14, 14), np.float32),
+        np.eye(14, dtype=np.float32),
+    ]
+
+
+def _assert_rows_equal(got: dict, want: dict, where: str) -> None:
+    assert set(got) == set(want), where
+    for col, v in want.items():
+        g = got[col]
+        if v is None:
+            assert g is None, f"{where} {col}: {g} should be None"
+        elif col == "threshold":
+            assert g == v, f"{where} threshold {g} != {v}"
+        else:
+            assert g is not None and g == pytest.approx(v, rel=1e-9, abs=1e-12), f"{where} {col}: {g} != {v}"
+
+
+@pytest.mark.parametrize("kind", ["mixed", "objects", "void", "background"])
+@pytest.mark.parametrize("shape", [(47, 61), (120, 90)])
+def test_every_map_and_request_equals_the_reference(kind, shape):
+    rng = np.random.default_rng(hash((kind, shape)) % 2**32)
+    mask = _mask(rng, shape, kind)
+    maps = _maps(rng, shape)
+    got = score_image([torch.from_numpy(m) for m in maps], mask, REQUESTS)
+    assert len(got) == len(maps) and all(len(g) == len(REQUESTS) for g in got)
+    for k, m in enumerate(maps):
+        for r, (protocol, classes) in enumerate(REQUESTS):
+            want = score(m, mask, protocol, gt_classes=classes)
+            _assert_rows_equal(got[k][r], want, f"map {k} {protocol} {classes}")
+
+
+@pytest.mark.parametrize("cue_kind", ["strip", "empty"])
+def test_cue_columns_equal_the_reference(cue_kind):
+    rng = np.random.default_rng(7)
+    shape = (64, 80)
+    mask = _mask(rng, shape)
+    cue = np.zeros(shape, bool)
+    if cue_kind == "strip":
+        cue[5:15, 50:75] = True
+    maps = _maps(rng, shape)
+    got = score_image([torch.from_numpy(m) for m in maps], mask, REQUESTS, cue=cue)
+    for k, m in enumerate(maps):
+        for r, (protocol, classes) in enumerate(REQUESTS):
+            want = score(m, mask, protocol, gt_classes=classes, extra_masks={"cue": cue})
+            _assert_rows_equal(got[k][r], want, f"map {k} {protocol} {classes}")
+
+
+def test_otsu_threshold_is_skimages_bit_for_bit_on_many_maps():
+    from skimage.filters import threshold_otsu
+
+    from compute.metrics import PreparedMap
+
+    rng = np.random.default_rng(11)
+    mask = np.zeros((150, 200), np.uint8)
+    maps = [rng.gamma(rng.uniform(0.2, 3), size=(14, 14)).astype(np.float32) for _ in range(60)]
+    got = score_image([torch.from_numpy(m) for m in maps], mask, [("report", None)])
+    for k, m in enumerate(maps):
+        prep = PreparedMap(m, mask.shape)
+        assert got[k][0]["threshold"] == float(threshold_otsu(prep.normalised, nbins=256))
+
+
+def test_one_map_at_a_time_equals_all_together():
+    rng = np.random.default_rng(3)
+    mask = _mask(rng, (50, 70))
+    maps = [torch.from_numpy(m) for m in _maps(rng, (50, 70))]
+    together = score_image(maps, mask, REQUESTS)
+    for k, m in enumerate(maps):
+        assert score_image([m], mask, REQUESTS)[0] == together[k]
+
+
+def test_bad_input_is_named():
+    mask = np.zeros((10, 10), np.uint8)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        score_image([torch.zeros(4, 4)], mask, [("loose", None)])
+    with pytest.raises(ValueError, match="cue mask"):
+        score_image([torch.zeros(4, 4)], mask, [("clean", None)], cue=np.zeros((5, 5), bool))
+    assert score_image([], mask, [("clean", None)]) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_gpu_scores_equal_cpu_scores():
+    rng = np.random.default_rng(5)
+    mask = _mask(rng, (90, 120))
+    maps = _maps(rng, (90, 120))
+    cpu = score_image([torch.from_numpy(m) for m in maps], mask, REQUESTS)
+    gpu = score_image([torch.from_numpy(m).cuda() for m in maps], mask, REQUESTS)
+    for k in range(len(maps)):
+        for r in range(len(REQUESTS)):
+            for col, v in cpu[k][r].items():
+                g = gpu[k][r][col]
+                assert (g is None) == (v is None)
+                if v is not None:  # the upsampling kernel may round differently on the GPU
+                    assert g == pytest.approx(v, abs=1e-4), (k, r, col)
