@@ -47,7 +47,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -57,57 +57,6 @@ from store.writer import StoreWriter, _atomic_write_bytes
 __all__ = ["run_ray"]
 
 COUNTS = ("images", "rows", "skipped", "already_done")
-
-
-# ------------------------------------------------------------------------------------------------ the writer
-
-@contextlib.contextmanager
-def _manifest_lock(out: str | Path, run_id: str) -> Iterator[None]:
-    """An exclusive lock on ``runs/.<run_id>.lock`` (POSIX record lock: honoured across the nodes of an NFS
-    mount). Where the filesystem offers no locks the block runs unlocked, as the local runner's writes do."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    path = Path(out) / "runs" / f".{run_id}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.lockf(fh, fcntl.LOCK_EX)
-        except OSError:
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.lockf(fh, fcntl.LOCK_UN)
-
-
-class _SharedWriter(StoreWriter):
-    """The writer of a process that shares its run with others: it leaves clean-up to the driver (done once,
-    before any worker starts) and merges the manifest under the run's lock."""
-
-    def _remove_orphans(self) -> int:
-        return 0
-
-    def write_manifest(self, manifest: dict) -> Path:
-        with _manifest_lock(self.out, self.run_id):
-            return super().write_manifest(manifest)
-
-
-@contextlib.contextmanager
-def _shared_writer() -> Iterator[None]:
-    """Make :class:`~compute.runner.Job` build a :class:`_SharedWriter` (the Job constructs its writer itself;
-    used only while an actor builds its Job, in that actor's own process)."""
-    import compute.runner as runner
-
-    original = runner.StoreWriter
-    runner.StoreWriter = _SharedWriter
-    try:
-        yield
-    finally:
-        runner.StoreWriter = original
 
 
 # ------------------------------------------------------------------------------------------------ the actor
@@ -135,8 +84,8 @@ class _Explainer:
         from compute.runner import Job
 
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the CPUs reserved, 1 for a GPU worker
-        with _shared_writer():
-            self.job = Job(config)
+        # the driver cleaned up stale leftovers before any actor started; a late actor must not do it again
+        self.job = Job(config, writer=StoreWriter(config.out, config.run_id(), clean_orphans=False))
         if len(self.job.dataset) != total:
             raise DatasetError(f"the Ray worker {self.actor} sees {len(self.job.dataset)} images under "
                                f"{config.voc_root!r}, the driver {total}: every node must see the same data")
@@ -381,7 +330,7 @@ def _report(config: RunConfig, summary: RunSummary, shard, plan: dict, actors: d
                     "faithfulness_seconds": round(summary.faithfulness_seconds, 3),
                     "images_per_second": round(summary.images_per_second, 3)},
     }
-    writer = _SharedWriter(config.out, summary.run_id)
+    writer = StoreWriter(config.out, summary.run_id, clean_orphans=False)
     if shard:
         writer.write_shard_report(f"shard-{shard[0]}-of-{shard[1]}", report)
     else:

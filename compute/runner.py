@@ -120,6 +120,7 @@ class RunSummary:
     rows: int = 0
     seconds: float = 0.0
     faithfulness_seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, "waiting for images" included
     notes: list[str] = field(default_factory=list)  # e.g. why the class-aware protocol does not apply
 
     @property
@@ -131,7 +132,15 @@ class RunSummary:
         return (f"{self.images} images × {len(self.methods)} methods in {self.seconds:.1f} s "
                 f"({self.images_per_second:.2f} img/s{faith}); {self.rows} metric rows, {self.skipped} skipped, "
                 f"{self.already_done} already done → {self.out} (run {self.run_id})"
+                + (f"\ntime: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items() if v >= 0.05)
+                   if self.images and self.stages else "")
                 + "".join(f"\nnote: {n}" for n in self.notes))
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a stage's time is its own (scoring syncs anyway)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -232,8 +241,10 @@ class Job:
     """
 
     def __init__(self, config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
-                 class_names: tuple[str, ...] | None = None):
+                 class_names: tuple[str, ...] | None = None, writer: StoreWriter | None = None,
+                 background: bool = False):
         self.t_start = time.perf_counter()
+        self.waiting_seconds = 0.0  # for the next batch of decoded images (set by the loop that feeds the job)
         self.config = config
         self.methods = parse_methods(config.methods)
         for p in config.protocols:
@@ -261,14 +272,15 @@ class Job:
         _check_options(config, loaded, cmap, cmap_reason)
 
         self.run_id = config.run_id()
-        self.writer = StoreWriter(config.out, self.run_id)
+        self.writer = writer if writer is not None else StoreWriter(config.out, self.run_id)
         self.done = self.writer.done_keys()
         self.summary = RunSummary(run_id=self.run_id, out=str(config.out), methods=[m.key for m in self.methods])
         if cmap is None:
             self.summary.notes.append(cmap_reason)
         self.ctx = _Context(config=config, loaded=loaded, target=target, device=self.device,
                             class_names=self.class_names, cmap=cmap, writer=self.writer,
-                            images_done=self.writer.images_done())
+                            images_done=self.writer.images_done(),
+                            background=_Background() if background else None)
         self.writer.write_manifest({
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": {**asdict(config), **config.identity(), "weights": loaded.weights,
@@ -306,9 +318,14 @@ class Job:
         items = batch["items"]
         skips = [{"image_id": it["image_id"], "stage": "load", "reason": it["error"]} for it in items if it["error"]]
         good = [it for it in items if not it["error"]]
-        key = hashlib.sha1("|".join([it["image_id"] for it in items] + summary.methods).encode()).hexdigest()[:16]
         summary.skipped += len(skips)
         todo = _work_left(good, self.methods, config.protocols, self.done)
+        # The part name says exactly what the batch computes, so a rerun that finishes part of a batch (one
+        # method failed, a background commit was lost) writes new parts instead of replacing committed ones,
+        # and a retried batch replaces its own.
+        work = [it["image_id"] for it in items] + summary.methods + sorted(
+            f"{i}:{','.join(m.key for m in ms)}" for i, ms in todo.items())
+        key = hashlib.sha1("|".join(work).encode()).hexdigest()[:16]
         if todo:
             x = batch["x"].to(self.device, non_blocking=True)
             rows, filtered = _explain_batch(good, todo, x, self.ctx, key, skips)
@@ -318,18 +335,31 @@ class Job:
         else:
             self.writer.write_skips(key, skips)
         summary.already_done += len(good) - len(todo)
+        if self.ctx.background is not None:
+            summary.rows += self.ctx.background.drain(self.ctx, block=False)
+
+    def close(self) -> None:
+        """Stop the background without waiting (after an error: what it had not committed is redone by a
+        rerun)."""
+        if self.ctx.background is not None:
+            self.ctx.background.close()
 
     def finish(self) -> RunSummary:
         summary = self.summary
+        if self.ctx.background is not None:
+            summary.rows += self.ctx.background.drain(self.ctx, block=True)
+            self.ctx.background.close()
         summary.seconds = time.perf_counter() - self.t_start
         summary.faithfulness_seconds = self.ctx.faithfulness_seconds
+        summary.stages = {"waiting for images": self.waiting_seconds, **self.ctx.stages()}
         report = {
             "counts": {"images": summary.images, "skipped": summary.skipped, "already_done": summary.already_done,
                        "rows": summary.rows},
             "timings": {"total_seconds": round(summary.seconds, 3),
                         "capture_seconds": round(self.ctx.capture_seconds, 3),
                         "faithfulness_seconds": round(self.ctx.faithfulness_seconds, 3),
-                        "images_per_second": round(summary.images_per_second, 3)},
+                        "images_per_second": round(summary.images_per_second, 3),
+                        "stages": {k: round(v, 3) for k, v in summary.stages.items()}},
         }
         if self.shard:  # every shard reports on its own; the run's file keeps the shared config
             self.writer.write_shard_report(f"shard-{self.shard[0]}-of-{self.shard[1]}", report)
@@ -345,21 +375,32 @@ def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
     VOC's). ``progress(done_images, total_images)`` is called after every batch.
 
     Decoding and resizing happen in DataLoader worker processes; batches are pinned and copied without
-    blocking when the device is a GPU.
+    blocking when the device is a GPU. Methods with a CPU-bound tail (attention flow's max-flows) finish in
+    the background while the device explains the next batches; their rows are committed as they finish.
     """
-    job = Job(config, dataset=dataset, loaded=loaded, class_names=class_names)
+    job = Job(config, dataset=dataset, loaded=loaded, class_names=class_names, background=True)
     workers = config.num_workers if config.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
     indices = job.indices
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(job.prepared, indices), batch_size=config.batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate, pin_memory=job.device.type == "cuda", persistent_workers=False)
     seen = 0
-    for batch in loader:
-        job.process(batch)
-        seen += len(batch["items"])
-        if progress:
-            progress(seen, len(indices))
-    return job.finish()
+    batches = iter(loader)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            job.waiting_seconds += time.perf_counter() - t0
+            if batch is None:
+                break
+            job.process(batch)
+            seen += len(batch["items"])
+            if progress:
+                progress(seen, len(indices))
+        return job.finish()
+    except BaseException:
+        job.close()
+        raise
 
 
 def _work_left(good: list[dict], methods: list[Method], protocols, done: set) -> dict[str, list[Method]]:
@@ -388,6 +429,20 @@ class _Context:
     images_done: set
     capture_seconds: float = 0.0
     faithfulness_seconds: float = 0.0
+    methods_seconds: float = 0.0
+    scoring_seconds: float = 0.0
+    writing_seconds: float = 0.0
+    background: "_Background | None" = None
+    background_seconds: float = 0.0       # deferred method work, run alongside the main loop
+    background_wait_seconds: float = 0.0  # main loop blocked on it
+
+    def stages(self) -> dict[str, float]:
+        """Seconds spent per stage of the batch loop (GPU work included: each stage ends with a sync).
+        ``in the background`` ran alongside the others; only ``waiting for the background`` added to the run."""
+        return {"capture": self.capture_seconds, "methods": self.methods_seconds, "scoring": self.scoring_seconds,
+                "faithfulness": self.faithfulness_seconds, "writing": self.writing_seconds,
+                "in the background": self.background_seconds,
+                "waiting for the background": self.background_wait_seconds}
 
 
 @dataclass
@@ -495,20 +550,23 @@ def _explain_batch(good, todo, x_batch: torch.Tensor, ctx: _Context, key: str, s
         t0 = time.perf_counter()
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
             cap = capture(loaded.model, x[ps.rows], requires, target=ps.target)
+        _sync(ctx.device)
         ctx.capture_seconds += time.perf_counter() - t0
         if outputs is None:
             outputs = torch.zeros(len(items), cap.outputs.shape[1])
         outputs[ps.rows] = cap.outputs.to(outputs.device, outputs.dtype)
         covered[ps.rows] = True
-        metric_rows += _score_pass(ps, cap, items, todo, methods, ctx, skip_rows, heatmap_rows)
+        metric_rows += _score_pass(ps, cap, items, todo, methods, ctx, skip_rows, heatmap_rows, key)
     if outputs is None or not bool(covered.all()):  # images no capture saw (no explainable class)
         with torch.inference_mode():
             full = loaded.model(x).float()
         outputs = full if outputs is None else torch.where(covered[:, None].to(full.device), outputs.to(full.device), full)
 
     image_rows = _image_rows(items, outputs, loaded, config.split, class_names, ctx.images_done)
+    t0 = time.perf_counter()
     ctx.writer.write_skips(key, skip_rows)
     ctx.writer.write_batch(key, {"heatmaps": heatmap_rows, "images": image_rows, "metrics": metric_rows})
+    ctx.writing_seconds += time.perf_counter() - t0
     ctx.images_done.update(r["image_id"] for r in image_rows)
     return len(metric_rows), filtered
 
@@ -550,35 +608,156 @@ def _faithfulness(ps: _Pass, cap, maps: dict[str, torch.Tensor], ctx: _Context) 
     return curves
 
 
+@dataclass
+class _PassOutputs:
+    """What scoring needs of a capture besides the maps, on the CPU (one copy per pass, not a sync per row)."""
+
+    logits: torch.Tensor           # [B, classes] float32
+    target_class: list[int]
+    target_value: list[float]
+
+    @classmethod
+    def of(cls, cap) -> "_PassOutputs":
+        return cls(cap.outputs.detach().float().cpu(), [int(c) for c in cap.target_class.tolist()],
+                   [float(v) for v in cap.target_value.detach().float().cpu().tolist()])
+
+
+@dataclass
+class _Later:
+    """Some methods' maps of one pass, finished in the background: scored and committed as a part set of
+    their own (``key``) once done."""
+
+    key: str
+    ps: _Pass
+    outputs: _PassOutputs
+    pass_items: list[dict]
+    todo: dict
+    jobs: dict[str, tuple[Method, Callable[[], torch.Tensor]]]
+
+
+def _finish_jobs(jobs: dict[str, tuple[Method, Callable[[], torch.Tensor]]]) -> dict:
+    """{method key: (method, map or the exception it raised, seconds)} (runs on the background thread)."""
+    done = {}
+    for key, (m, fn) in jobs.items():
+        t0 = time.perf_counter()
+        try:
+            result: torch.Tensor | Exception = fn().float()
+        except Exception as exc:  # reported as skips when committed
+            result = exc
+        done[key] = (m, result, time.perf_counter() - t0)
+    return done
+
+
+class _Background:
+    """Finishes deferred methods (:meth:`compute.methods.Method.deferred`, e.g. attention flow's max-flows,
+    which run in the method's own process pool) while the main loop explains the next batches.
+
+    Results are scored and committed on the main thread, oldest first, by :meth:`drain`; at most
+    ``max_pending`` passes wait (each holds its CPU inputs), beyond that the main loop waits for the oldest.
+    """
+
+    def __init__(self, max_pending: int = 3):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vitlens-deferred")
+        self.pending: deque = deque()
+        self.max_pending = max_pending
+
+    def submit(self, later: _Later) -> None:
+        self.pending.append((later, self.pool.submit(_finish_jobs, later.jobs)))
+
+    def drain(self, ctx: "_Context", block: bool) -> int:
+        """Commit every finished pass (all of them when ``block``); returns the metric rows written."""
+        rows = 0
+        while self.pending and (block or self.pending[0][1].done() or len(self.pending) > self.max_pending):
+            later, fut = self.pending.popleft()
+            t0 = time.perf_counter()
+            done = fut.result()
+            ctx.background_wait_seconds += time.perf_counter() - t0
+            rows += _commit_later(later, done, ctx)
+        return rows
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _commit_later(later: _Later, done: dict, ctx: "_Context") -> int:
+    skip_rows: list[dict] = []
+    heatmap_rows: list[dict] = []
+    maps: dict[str, tuple[Method, torch.Tensor, float]] = {}
+    n = len(later.pass_items)
+    for key_, (m, result, seconds) in done.items():
+        ctx.background_seconds += seconds
+        if isinstance(result, torch.Tensor) and (result.shape[0] != n or result.ndim != 3):
+            result = RuntimeError(f"returned shape {tuple(result.shape)}, expected [{n}, h, w]")
+        if isinstance(result, Exception):
+            skip_rows += [{"image_id": it["image_id"], "stage": f"method:{m.key}",
+                           "reason": f"{type(result).__name__}: {result}"} for it in later.pass_items]
+            continue
+        maps[key_] = (m, result, seconds / n)
+    rows = _rows_of(later.ps, later.outputs, later.pass_items, later.todo, maps, {}, ctx, heatmap_rows)
+    t0 = time.perf_counter()
+    ctx.writer.write_skips(later.key, skip_rows)
+    ctx.writer.write_batch(later.key, {"heatmaps": heatmap_rows, "images": [], "metrics": rows})
+    ctx.writing_seconds += time.perf_counter() - t0
+    return len(rows)
+
+
 def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Context, skip_rows: list[dict],
-                heatmap_rows: list[dict]) -> list[dict]:
-    loaded, cmap, class_names, split = ctx.loaded, ctx.cmap, ctx.class_names, ctx.config.split
+                heatmap_rows: list[dict], key: str) -> list[dict]:
+    """Run the methods on one capture, score and return their rows; methods that can finish on the CPU
+    (``Method.deferred``) are handed to the background when the job has one (not with faithfulness curves,
+    which need the model and the input)."""
     pass_items = [items[i] for i in ps.rows]
     maps: dict[str, tuple[Method, torch.Tensor, float]] = {}
+    jobs: dict[str, tuple[Method, Callable[[], torch.Tensor]]] = {}
+    defer = ctx.background is not None and not ctx.config.faithfulness
     for m in methods:
         if not any(m in todo[it["image_id"]] for it in pass_items):
             continue
         t1 = time.perf_counter()
         try:
-            out = m(cap).float()
-            if out.shape[0] != len(pass_items) or out.ndim != 3:
-                raise RuntimeError(f"returned shape {tuple(out.shape)}, expected [{len(pass_items)}, h, w]")
+            fn = m.deferred(cap) if defer else None
+            if fn is not None:
+                jobs[m.key] = (m, fn)
+                out = None
+            else:
+                out = m(cap).float()
+                if out.shape[0] != len(pass_items) or out.ndim != 3:
+                    raise RuntimeError(f"returned shape {tuple(out.shape)}, expected [{len(pass_items)}, h, w]")
         except Exception as exc:  # one failing method must not lose the others' work
             skip_rows += [{"image_id": it["image_id"], "stage": f"method:{m.key}",
                            "reason": f"{type(exc).__name__}: {exc}"} for it in pass_items]
             continue
-        maps[m.key] = (m, out.detach(), (time.perf_counter() - t1) / len(pass_items))
+        _sync(ctx.device)
+        spent = time.perf_counter() - t1
+        ctx.methods_seconds += spent
+        if out is not None:
+            maps[m.key] = (m, out.detach(), spent / len(pass_items))
     curves = _faithfulness(ps, cap, {k: v[1] for k, v in maps.items()}, ctx) if ctx.config.faithfulness and maps else {}
+    outputs = _PassOutputs.of(cap)
+    if jobs:
+        later_key = hashlib.sha1(f"{key}|{ps.rows}|{ps.voc}|later|{','.join(jobs)}".encode()).hexdigest()[:16]
+        ctx.background.submit(_Later(later_key, ps, outputs, pass_items, todo, jobs))
+    return _rows_of(ps, outputs, pass_items, todo, maps, curves, ctx, heatmap_rows)
 
-    probs = None if loaded.headless else torch.softmax(cap.outputs, dim=-1)
+
+def _rows_of(ps: _Pass, outputs: _PassOutputs, pass_items, todo, maps: dict, curves: dict, ctx: _Context,
+             heatmap_rows: list[dict]) -> list[dict]:
+    """Metric rows (and, into ``heatmap_rows``, heatmap rows) of one pass's maps: every map of an image is
+    scored against every protocol's ground truth at once, on the job's device."""
+    loaded, cmap, class_names, split = ctx.loaded, ctx.cmap, ctx.class_names, ctx.config.split
+    t0 = time.perf_counter()
+    probs = None if loaded.headless else torch.softmax(outputs.logits, dim=-1)
     maps_np = {key_: out.cpu().numpy() for key_, (_, out, _) in maps.items()}
     rows = []
     for j, it in enumerate(pass_items):
         keys = [key_ for key_, (m, _, _) in maps.items() if m in todo[it["image_id"]]]
         if not keys:
             continue
-        tc = int(cap.target_class[j])
-        pred = int(cap.outputs[j].argmax()) if probs is not None else None
+        tc = outputs.target_class[j]
+        pred = int(outputs.logits[j].argmax()) if probs is not None else None
         voc = ps.voc[j] if ps.voc is not None else None
         target_class = voc if voc is not None else (tc if tc >= 0 else None)
         target_label = (_name(class_names, voc) if voc is not None
@@ -586,16 +765,15 @@ def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Contex
         explained = tc if (tc >= 0 and voc is None and ps.target.kind == "logit") else None
         truths = [(protocol, *_ground_truth(protocol, it["classes"], explained, voc, cmap, class_names))
                   for protocol in ps.protocols]
-        # every map of this image against every protocol's ground truth at once, on the maps' device
         scores = score_image([maps[key_][1][j] for key_ in keys], it["mask"],
                              [(protocol, gt_classes) for protocol, gt_classes, _ in truths],
-                             cue=it["extra_masks"].get("cue"))
+                             cue=it["extra_masks"].get("cue"), device=ctx.device)
         for key_, per_request in zip(keys, scores):
             m, _, seconds = maps[key_]
             common = {
                 "image_id": it["image_id"], "split": split, "model": loaded.name, "method": m.key,
                 "target_kind": ps.target.kind, "target_class": target_class, "target_label": target_label,
-                "target_value": float(cap.target_value[j]), "pred_class": pred,
+                "target_value": outputs.target_value[j], "pred_class": pred,
                 "pred_label": loaded.label(pred) if pred is not None else None,
                 "confidence": float(probs[j, pred]) if probs is not None else None,
                 "gt_classes": ",".join(_name(class_names, c) for c in it["classes"]), "seconds": seconds,
@@ -611,6 +789,7 @@ def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Contex
             heatmap_rows.append({"image_id": it["image_id"], "method": m.key, "target_kind": ps.target.kind,
                                  "target_class": target_class, "height": heatmap.shape[0],
                                  "width": heatmap.shape[1], "data": encode_heatmap(heatmap)})
+    ctx.scoring_seconds += time.perf_counter() - t0
     return rows
 
 

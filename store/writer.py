@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.parquet as pq
 
@@ -22,16 +24,44 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class StoreWriter:
-    """Writes the parts of one run into ``out``; ``metrics`` last, as the commit marker of a batch."""
+@contextlib.contextmanager
+def manifest_lock(out: str | Path, run_id: str) -> Iterator[None]:
+    """An exclusive lock on ``runs/.<run_id>.lock`` (POSIX record lock: honoured across the nodes of an NFS
+    mount), held while a process merges its entry into the run manifest. Where the filesystem offers no
+    locks the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path = Path(out) / "runs" / f".{run_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX)
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.lockf(fh, fcntl.LOCK_UN)
 
-    def __init__(self, out: str | Path, run_id: str):
+
+class StoreWriter:
+    """Writes the parts of one run into ``out``; ``metrics`` last, as the commit marker of a batch.
+
+    ``clean_orphans=False`` leaves the clean-up of stale leftovers to someone else (the driver of a Ray run
+    does it once, before any actor starts).
+    """
+
+    def __init__(self, out: str | Path, run_id: str, clean_orphans: bool = True):
         self.out = Path(out)
         self.run_id = run_id
         for table in TABLES:
             self.part_dir(table).mkdir(parents=True, exist_ok=True)
         (self.out / "runs").mkdir(parents=True, exist_ok=True)
-        self.removed_orphans = self._remove_orphans()
+        self.removed_orphans = self._remove_orphans() if clean_orphans else 0
 
     def part_dir(self, table: str) -> Path:
         return self.out / table / f"run_id={self.run_id}"
@@ -102,9 +132,12 @@ class StoreWriter:
         return path
 
     def write_manifest(self, manifest: dict) -> Path:
+        """Merge ``manifest`` into ``runs/<run_id>.json`` (its ``sessions`` are appended), under the run's
+        lock, so that processes of one run (shards, actors) starting together lose no session entry."""
         path = self.out / "runs" / f"{self.run_id}.json"
-        previous = json.loads(path.read_text()) if path.exists() else {}
-        merged = {**previous, **manifest, "run_id": self.run_id, "schema_version": SCHEMA_VERSION}
-        merged["sessions"] = previous.get("sessions", []) + manifest.get("sessions", [])
-        _atomic_write_bytes(path, json.dumps(merged, indent=2, default=str).encode())
+        with manifest_lock(self.out, self.run_id):
+            previous = json.loads(path.read_text()) if path.exists() else {}
+            merged = {**previous, **manifest, "run_id": self.run_id, "schema_version": SCHEMA_VERSION}
+            merged["sessions"] = previous.get("sessions", []) + manifest.get("sessions", [])
+            _atomic_write_bytes(path, json.dumps(merged, indent=2, default=str).encode())
         return path

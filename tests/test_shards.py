@@ -65,3 +65,24 @@ def test_bf16_precision_is_its_own_run_and_stays_close_to_fp32(voc_mini, tmp_pat
     assert 0 < drift < 0.05  # bf16 logits move a little, not a lot
     with pytest.raises(ValueError, match="precision"):
         run(_config(voc_mini, tmp_path / "t", precision="fp8"))
+
+
+def _write_sessions(args) -> None:
+    from store.writer import StoreWriter
+
+    out, worker = args
+    writer = StoreWriter(out, "run0", clean_orphans=False)
+    for k in range(15):
+        writer.write_manifest({"sessions": [{"worker": worker, "k": k}]})
+
+
+def test_concurrent_processes_lose_no_manifest_session(tmp_path):
+    """Shards (and Ray actors) of one run start together and each merge a session entry into the same run
+    manifest: the run's lock keeps every entry."""
+    import json
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(6) as pool:
+        pool.map(_write_sessions, [(str(tmp_path), w) for w in range(6)])
+    sessions = json.loads((tmp_path / "runs" / "run0.json").read_text())["sessions"]
+    assert sorted((s["worker"], s["k"]) for s in sessions) == [(w, k) for w in range(6) for k in range(15)]

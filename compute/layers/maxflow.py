@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -473,9 +474,15 @@ def _task(caps: np.ndarray, sources: np.ndarray, sink: int, tiers, rtol: float) 
 
 
 _POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()  # the batch job solves from a background thread too
 
 
 def _pool(workers: int):
+    with _POOLS_LOCK:
+        return _pool_locked(workers)
+
+
+def _pool_locked(workers: int):
     import atexit
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -545,7 +552,9 @@ def batched_layered_max_flows(caps, sources, sink: int = 0, *, workers: int = 1,
             vals = fut.result()
             out[b, start:start + vals.size] = vals
     except BrokenProcessPool:  # a worker died (killed, out of memory): drop the pool, finish here
-        _POOLS.pop(workers, None)
+        with _POOLS_LOCK:
+            if _POOLS.get(workers) is pool:
+                _POOLS.pop(workers, None)
         return batched_layered_max_flows(caps, sources, sink, workers=1, tiers=tiers, rtol=rtol)
     return out
 

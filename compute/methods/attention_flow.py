@@ -13,10 +13,11 @@ shape (12 blocks, 197 tokens: 196 maximum flows over ~390k arcs per image) that 
 core per image for mean or max head fusion (networkx: ~6 s per patch, ~20 min per image); min fusion, whose
 minimum cuts lie inside the network, ~15 s. ``workers`` processes share the images (or one image's patches).
 
-Options: ``head_fusion`` in {mean, max, min}; ``residual`` in [0, 1]; ``workers`` (0 = automatic: the
-available cores, at most 8, when the batch is big enough to pay for the processes, else 1). ``workers`` never
+Options: ``head_fusion`` in {mean, max, min}; ``residual`` in [0, 1]; ``workers`` (0 = automatic: every
+available core, at most 32, when the batch is big enough to pay for the processes, else 1). ``workers`` never
 changes the numbers, so it is not part of the method's stored name. The processes start by "forkserver", so a
-script that runs the method with several workers needs the usual ``if __name__ == "__main__":`` guard.
+script that runs the method with several workers needs the usual ``if __name__ == "__main__":`` guard. The
+batch job runs the max-flows in the background (:meth:`deferred`) while the GPU explains the next batches.
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ _PARALLEL_WORK = 2e7
 
 
 def flow_capacities(attn: list[torch.Tensor], head_fusion: str = "mean", residual: float = 0.5) -> np.ndarray:
-    """Per-block ``[B, heads, N, N]`` attention -> ``[B, L, N, N]`` float64 capacities ``Â_l[j, i]``."""
+    """Per-block ``[B, heads, N, N]`` attention -> ``[B, L, N, N]`` float64 capacities ``Â_l[j, i]``.
+
+    Heads are fused in float64 on the attention's own device (a GPU does it in a moment; moving every head
+    to the CPU first would copy ``heads`` times more), and only the fused matrices are copied to the CPU."""
     mats = []
     for a in attn:
-        fused = fuse_heads(a.detach().to(device="cpu", dtype=torch.float64), head_fusion)
+        fused = fuse_heads(a.detach().to(torch.float64), head_fusion)
         n = fused.shape[-1]
-        m = (1.0 - residual) * fused + residual * torch.eye(n, dtype=torch.float64)
+        m = (1.0 - residual) * fused + residual * torch.eye(n, dtype=torch.float64, device=fused.device)
         rows = m.sum(dim=-1, keepdim=True)
-        mats.append(torch.where(rows > 0, m / torch.where(rows > 0, rows, torch.ones_like(rows)), m))
+        mats.append(torch.where(rows > 0, m / torch.where(rows > 0, rows, torch.ones_like(rows)), m).cpu())
     return torch.stack(mats, dim=1).numpy()
 
 
@@ -70,16 +74,24 @@ class AttentionFlow(Method):
             return int(self.options["workers"])
         if batch * sources * layers * tokens * tokens < _PARALLEL_WORK:
             return 1
-        return min(available_cores(), 8)
+        return min(available_cores(), 32)
 
-    def __call__(self, cap):
+    def deferred(self, cap):
+        """Capacities now (on the capture's device), the maximum flows later (CPU processes)."""
         if not cap.attn:
             raise MethodError("attention_flow needs the attention of at least one block")
         caps = flow_capacities(cap.attn, self.options["head_fusion"], self.options["residual"])
+        prefix, (gh, gw), dtype = cap.num_prefix_tokens, cap.grid, cap.attn[0].dtype
         B, L, N, _ = caps.shape
-        sources = np.arange(cap.num_prefix_tokens, N)
-        values = batched_layered_max_flows(caps, sources, sink=0, workers=self._workers(B, sources.size, L, N))
-        full = np.zeros((B, N))
-        full[:, sources] = values
-        ref = cap.attn[0]
-        return cap.to_grid(torch.from_numpy(full).to(device=ref.device, dtype=ref.dtype))
+        if N != prefix + gh * gw:
+            raise MethodError(f"{N} tokens do not make {prefix} prefix tokens and a {gh}x{gw} patch grid")
+
+        def solve() -> torch.Tensor:
+            sources = np.arange(prefix, N)
+            values = batched_layered_max_flows(caps, sources, sink=0, workers=self._workers(B, sources.size, L, N))
+            return torch.from_numpy(values).to(dtype).reshape(B, gh, gw)
+
+        return solve
+
+    def __call__(self, cap):
+        return self.deferred(cap)().to(cap.attn[0].device)

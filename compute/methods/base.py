@@ -2,7 +2,8 @@
 
 A method is a small class: a registry ``name``, the capture ``requires`` set (see :mod:`compute.capture`), a
 one-line ``summary``, and ``__call__(cap) -> [B, h, w]`` — an unnormalised, batch-independent map, at patch
-resolution (``h, w`` = the patch grid) or pixel resolution (``resolution = "pixel"``). Options are keyword
+resolution (``h, w`` = the patch grid) or pixel resolution (``resolution = "pixel"``). A CPU-bound method may
+also offer ``deferred(cap)`` so that the batch job can finish it in the background. Options are keyword
 arguments of ``__init__`` and part of the method's stored name when they differ from the defaults
 (``rollout(head_fusion=max)``).
 """
@@ -45,6 +46,13 @@ class Method:
 
     def __call__(self, cap: Captured) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def deferred(self, cap: Captured) -> Callable[[], Tensor] | None:
+        """For a method whose work is mostly CPU-bound after the capture: do what needs ``cap`` now and return
+        the rest as a function of CPU data only, which the batch job finishes in the background while the
+        device explains the next batches. ``deferred(cap)()`` must equal ``self(cap)`` (on the CPU).
+        ``None`` (the default): the method runs in full at once."""
+        return None
 
     def __repr__(self) -> str:
         return f"<method {self.key}>"
