@@ -12,13 +12,22 @@ Measured in one process, on random images of the model's input size (speed does 
 
 With ``--bf16`` it also reports how much bfloat16 autocast changes each map (Pearson correlation and IoU of
 the Otsu masks against float32).
+
+``--end-to-end N`` also times the real batch job (:func:`end_to_end`): N random images at VOC's image sizes,
+with random class masks, written in the VOCdevkit layout, then ``vitlens compute`` on them with every chosen
+method — decoding, capture, methods, scoring under both protocols and the Parquet commits included — with the
+time per stage.
 """
 
 from __future__ import annotations
 
+import os
 import resource
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -155,3 +164,53 @@ def bf16_effect(model: torch.nn.Module, input_size: tuple[int, int], methods: li
             ious.append(np.count_nonzero(ma & mb) / union_px if union_px else 1.0)
         results.append((m.key, float(np.nanmean(corrs)), float(np.mean(ious))))
     return results
+
+
+# The most common (width, height) of VOC 2012 images; the long side is 500 pixels.
+VOC_SIZES = ((500, 375), (500, 333), (375, 500), (500, 334), (333, 500), (500, 500), (500, 400), (500, 281))
+
+
+def write_random_voc(root: Path, images: int, seed: int = 0, split: str = "val") -> Path:
+    """``images`` random-noise JPEGs at VOC's common sizes with random class masks (one object box of a random
+    class, a 3-pixel void band around it, as VOC draws them) in the VOCdevkit layout under ``root``."""
+    from PIL import Image
+
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    ids = [f"rand_{i:05d}" for i in range(images)]
+
+    def one(i: int) -> None:
+        rng = np.random.default_rng((seed, i))
+        w, h = VOC_SIZES[int(rng.integers(len(VOC_SIZES)))]
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            base / "JPEGImages" / f"{ids[i]}.jpg", quality=90)
+        mask = np.zeros((h, w), np.uint8)
+        y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+        y1, x1 = int(rng.integers(y0 + h // 4, h)), int(rng.integers(x0 + w // 4, w))
+        mask[max(y0 - 3, 0):y1 + 3, max(x0 - 3, 0):x1 + 3] = 255
+        mask[y0:y1, x0:x1] = int(rng.integers(1, 21))
+        Image.fromarray(mask, mode="L").save(base / "SegmentationClass" / f"{ids[i]}.png")
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(one, range(images)))
+    (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return Path(root)
+
+
+def end_to_end(model: str, methods: str, images: int, batch_size: int, device: str, workers: int | None = None,
+               precision: str = "fp32", img_size: int | None = None, progress=None):
+    """Run the batch job on ``images`` random VOC-sized images in a temporary folder and return its
+    :class:`~compute.runner.RunSummary` (``seconds`` covers model loading to the last commit) and the seconds
+    the images took to write (not part of the run)."""
+    from compute.runner import RunConfig, run
+
+    with tempfile.TemporaryDirectory(prefix="vitlens-bench-") as tmp:
+        t0 = time.perf_counter()
+        write_random_voc(Path(tmp) / "voc", images)
+        prepared = time.perf_counter() - t0
+        config = RunConfig(out=str(Path(tmp) / "store"), voc_root=str(Path(tmp) / "voc"), model=model,
+                           random_init=True, img_size=img_size, methods=methods, batch_size=batch_size,
+                           device=device, num_workers=workers, precision=precision)
+        summary = run(config, progress=progress)
+    return summary, prepared

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -184,41 +185,85 @@ def bench(
     repeat: int = typer.Option(3, min=1, help="Timed repetitions (best is reported)."),
     baseline_images: int = typer.Option(2, min=1, help="Images for the per-image, per-method baseline."),
     bf16: bool = typer.Option(False, "--bf16", help="Also report how bf16 autocast changes the maps."),
+    end_to_end: int = typer.Option(0, "--end-to-end", min=0,
+                                   help="Also run the whole batch job (decode, explain, score, store) on this many "
+                                        "random VOC-sized images and report its img/s and time per stage "
+                                        "(1449 = VOC 2012 val)."),
+    end_to_end_batch_size: Optional[int] = typer.Option(None, "--end-to-end-batch-size", min=1,
+                                                        help="Batch size of that run (default: --batch-size)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0,
+                                          help="DataLoader worker processes of that run (default: up to 4)."),
+    table: bool = typer.Option(True, "--table/--no-table", help="Measure the per-method table (--no-table: "
+                                                                 "only the end-to-end run)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every figure to this JSON file."),
 ):
     """Print img/s of every method beside the forward and forward+backward rooflines, and the shared-capture
-    speed-up over a per-image, one-method-per-pass baseline."""
+    speed-up over a per-image, one-method-per-pass baseline; optionally time the whole batch job."""
+    import json
+    import platform
+
     import torch
 
     from compute.bench import bf16_effect, run_bench
+    from compute.bench import end_to_end as end_to_end_run
     from compute.methods import parse_methods
     from compute.models import load_model
     from compute.runner import resolve_device
 
     dev = resolve_device(device)
-    loaded = load_model(model, random_init=True, img_size=img_size, device=dev)
     chosen = parse_methods(methods)
+    if not table and not end_to_end:
+        raise ValueError("nothing to measure: --no-table needs --end-to-end N")
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    figures: dict = {"model": model, "device": name, "batch_size": batch_size, "methods": [m.key for m in chosen],
+                     "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "host": platform.node()}
     console.print(f"{model} fp32 · batch {batch_size} · {name} · {len(chosen)} methods")
-    with console.status("measuring") as status:
-        rows, facts = run_bench(loaded.model, loaded.input_size, chosen, batch_size, dev, batches=batches,
-                                repeat=repeat, baseline_images=baseline_images,
-                                progress=lambda label: status.update(f"measuring {label}"))
-    table = Table(title=f"vitlens bench — {model}, batch {batch_size}, {name}")
-    table.add_column("what")
-    table.add_column("img/s", justify="right")
-    table.add_column("note")
-    for r in rows:
-        table.add_row(r.name, f"{r.images_per_second:,.2f}", r.note)
-    stdout.print(table)
-    extra = ", ".join(f"{k}={v:,.1f}" for k, v in facts.items())
-    stdout.print(f"shared capture vs per-image baseline: {facts['speedup_shared_vs_baseline']:.1f}x; {extra}")
-    if bf16:
-        t = Table(title="bf16 autocast vs fp32 maps")
-        for col in ("method", "mean correlation", "mean Otsu-mask IoU"):
-            t.add_column(col)
-        for key, corr, iou in bf16_effect(loaded.model, loaded.input_size, chosen, batch_size, dev):
-            t.add_row(key, f"{corr:.4f}", f"{iou:.4f}")
-        stdout.print(t)
+    if table:
+        loaded = load_model(model, random_init=True, img_size=img_size, device=dev)
+        with console.status("measuring") as status:
+            rows, facts = run_bench(loaded.model, loaded.input_size, chosen, batch_size, dev, batches=batches,
+                                    repeat=repeat, baseline_images=baseline_images,
+                                    progress=lambda label: status.update(f"measuring {label}"))
+        out = Table(title=f"vitlens bench — {model}, batch {batch_size}, {name}")
+        out.add_column("what")
+        out.add_column("img/s", justify="right")
+        out.add_column("note")
+        for r in rows:
+            out.add_row(r.name, f"{r.images_per_second:,.2f}", r.note)
+        stdout.print(out)
+        extra = ", ".join(f"{k}={v:,.1f}" for k, v in facts.items())
+        stdout.print(f"shared capture vs per-image baseline: {facts['speedup_shared_vs_baseline']:.1f}x; {extra}")
+        figures["table"] = [{"what": r.name, "images_per_second": r.images_per_second, "note": r.note} for r in rows]
+        figures["facts"] = facts
+        if bf16:
+            t = Table(title="bf16 autocast vs fp32 maps")
+            for col in ("method", "mean correlation", "mean Otsu-mask IoU"):
+                t.add_column(col)
+            effect = bf16_effect(loaded.model, loaded.input_size, chosen, batch_size, dev)
+            for key, corr, iou in effect:
+                t.add_row(key, f"{corr:.4f}", f"{iou:.4f}")
+            stdout.print(t)
+            figures["bf16"] = [{"method": k, "correlation": c, "otsu_iou": i} for k, c, i in effect]
+        del loaded
+    if end_to_end:
+        bs = end_to_end_batch_size or batch_size
+        with Progress(TextColumn("[bold]end to end"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("images", total=end_to_end)
+            summary, prepared = end_to_end_run(model, methods, end_to_end, bs, device, workers=workers,
+                                               img_size=img_size,
+                                               progress=lambda done, total: bar.update(task, completed=done))
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary.stages.items())
+        stdout.print(f"end to end: {summary.images} images × {len(summary.methods)} methods in "
+                     f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} img/s, batch {bs}, model loading "
+                     f"included; writing the images took {prepared:.1f} s more); {summary.rows} metric rows; "
+                     f"{summary.skipped} skipped\nstages: {stages}")
+        figures["end_to_end"] = {"images": summary.images, "seconds": summary.seconds, "batch_size": bs,
+                                 "images_per_second": summary.images_per_second, "rows": summary.rows,
+                                 "skipped": summary.skipped, "stages": summary.stages}
+    if json_out:
+        json_out.write_text(json.dumps(figures, indent=2))
+        console.print(f"figures written to {json_out}")
 
 
 @app.command("report")
