@@ -4,10 +4,8 @@ only what was not committed."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 from compute.methods import REGISTRY, Method
 from compute.runner import Job, RunConfig, collate, run
 from store.query import connect
+from tests.test_resume import kill_after_commits
 
 REPO = Path(__file__).resolve().parents[1]
 COLS = ("image_id, method, protocol, target_class, target_value, pred_class, iou, f1, pixel_accuracy, threshold, "
@@ -101,14 +100,7 @@ def test_sigkill_with_background_work_pending_then_rerun_equals_an_uninterrupted
 
     subprocess.run(cmd(tmp_path / "reference"), check=True, capture_output=True, timeout=600, cwd=REPO)
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(cmd(crashed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    parts = crashed / "metrics"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("run_id=*/part-*.parquet"))) < 4:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert len(list(parts.glob("run_id=*/part-*.parquet"))) < 20, "the kill must land mid-run"
+    assert kill_after_commits(cmd(crashed), crashed, 4) < 20, "the kill must land mid-run"
     subprocess.run(cmd(crashed), check=True, capture_output=True, timeout=600, cwd=REPO)
     assert _store(crashed) == _store(tmp_path / "reference")
 

@@ -23,6 +23,19 @@ def _cmd(voc_mini, out, extra=()):
             "vit_tiny_patch16_224", "--methods", METHODS, "--batch-size", "1", "--workers", "0", *extra]
 
 
+def kill_after_commits(cmd: list[str], out: Path, commits: int) -> int:
+    """Start ``cmd``, SIGKILL it once ``out`` holds ``commits`` committed batches (metrics parts), and return
+    how many were committed when it died."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    parts = out / "metrics"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(parts.glob("run_id=*/part-*.parquet"))) < commits:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return len(list(parts.glob("run_id=*/part-*.parquet")))
+
+
 def _rows(out):
     con = connect(out)
     rows = con.execute("""SELECT image_id, method, protocol, target_class, iou, f1, pixel_accuracy
@@ -38,14 +51,7 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(voc_mini, tmp_pat
     subprocess.run(_cmd(voc_mini, reference), check=True, capture_output=True, timeout=600, cwd=REPO)
 
     crashed = tmp_path / "crashed"
-    proc = subprocess.Popen(_cmd(voc_mini, crashed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    parts = crashed / "metrics"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("run_id=*/part-*.parquet"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    committed = len(list(parts.glob("run_id=*/part-*.parquet")))
+    committed = kill_after_commits(_cmd(voc_mini, crashed), crashed, 3)
     assert 3 <= committed < 10, "the kill must land mid-run"
 
     again = subprocess.run(_cmd(voc_mini, crashed), check=True, capture_output=True, text=True, timeout=600, cwd=REPO)
