@@ -91,26 +91,37 @@ def _kept(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+class _Gate:
+    """Whether the residual gate lets gradients through. Holds nothing else: the autograd graph keeps it (in
+    the gate nodes' context), so a reference from it to the recorded tensors would close a cycle through the
+    C++ graph that Python's garbage collector cannot see — the whole graph of every capture would leak."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = True
+
+
 class _Recorder:
     def __init__(self, keep: set[str], residual_gate: bool):
         self.keep = keep
         self.residual_gate = residual_gate
-        self.gate_open = True
+        self.gate = _Gate()
         self.store: dict[str, list[Tensor]] = {k: [] for k in ("attn", "scores", "tokens")}
         self.internals: list[dict[str, Tensor]] = []
 
 
 class _ResidualGate(torch.autograd.Function):
-    """Identity forward; backward passes the gradient only while the recorder's gate is open."""
+    """Identity forward; backward passes the gradient only while the gate is open."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, recorder: _Recorder) -> Tensor:  # type: ignore[override]
-        ctx.recorder = recorder
+    def forward(ctx, x: Tensor, gate: _Gate) -> Tensor:  # type: ignore[override]
+        ctx.gate = gate
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return (grad if ctx.recorder.gate_open else torch.zeros_like(grad)), None
+        return (grad if ctx.gate.open else torch.zeros_like(grad)), None
 
 
 def _instrumented_block_forward(block: torch.nn.Module, rec: _Recorder) -> Callable[..., Tensor]:
@@ -124,7 +135,7 @@ def _instrumented_block_forward(block: torch.nn.Module, rec: _Recorder) -> Calla
         h = block.norm1(x)
         if "tokens" in rec.keep:
             rec.store["tokens"].append(h)
-        h_in = _ResidualGate.apply(h, rec) if rec.residual_gate else h
+        h_in = _ResidualGate.apply(h, rec.gate) if rec.residual_gate else h
         qkv = attn_mod.qkv(h_in).reshape(B, N, 3, attn_mod.num_heads, attn_mod.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
@@ -210,7 +221,7 @@ def capture(model: torch.nn.Module, x: Tensor, requires: set[str] | frozenset[st
             src = [x] if g == "input_grad" else rec.store[_RECORDED[g]]
             spans[g] = slice(len(wrt), len(wrt) + len(src))
             wrt += src
-        rec.gate_open = True
+        rec.gate.open = True
         got = torch.autograd.grad(value.sum(), wrt, retain_graph="attn_grad_residual" in grads)
         for g in true_grads:
             part = [_kept(t) for t in got[spans[g]]]
@@ -219,10 +230,10 @@ def capture(model: torch.nn.Module, x: Tensor, requires: set[str] | frozenset[st
             else:
                 setattr(cap, g, part)
     if "attn_grad_residual" in grads:
-        rec.gate_open = False
+        rec.gate.open = False
         got = torch.autograd.grad(value.sum(), rec.store["attn"])
         cap.attn_grad_residual = [_kept(t) for t in got]
-        rec.gate_open = True
+        rec.gate.open = True
     for key in ("attn", "scores", "tokens"):
         if key in requires:
             setattr(cap, key, [_kept(t) for t in rec.store[key]])

@@ -3,6 +3,8 @@ and the model left exactly as it was."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -75,3 +77,20 @@ def test_fused_attention_model_gives_the_same_numbers_in_float32():
         blk.attn.fused_attn = True
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(capture(model, x, {"attn"}).outputs, model(x), atol=1e-5, rtol=1e-5)
+
+
+def _live_tensors() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
+
+
+@pytest.mark.parametrize("requires", [set(REQUIREMENTS), {"attn", "attn_grad_residual"}, {"internals", "attn_grad"}])
+def test_a_capture_leaves_nothing_alive_once_dropped(requires, tiny_vit, images):
+    """Nothing in the graph may point back at the recorded tensors (a cycle through autograd's C++ nodes is
+    invisible to the garbage collector: every batch's whole graph would stay in memory)."""
+    capture(tiny_vit, images, requires)
+    before = _live_tensors()
+    for _ in range(3):
+        cap = capture(tiny_vit, images, requires)
+        del cap
+    assert _live_tensors() <= before
