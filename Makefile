@@ -9,7 +9,7 @@ METHODS  ?= all
 BATCH    ?= 32
 PYTEST_ARGS ?=
 
-.PHONY: help install browser test test-fast compute dashboard demo bench voc clean
+.PHONY: help install browser test test-fast compute dashboard demo bench bench-gpu voc clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ demo: install  ## offline demo: planted-cue images, a small ViT trained here, ev
 
 bench: install  ## throughput of every method (img/s) on this machine
 	$(BIN)/vitlens bench
+
+bench-gpu: install  ## GPU figures: ViT-B/16 fp32 batch 64, every method, then 1,449 VOC-sized images end to end
+	$(BIN)/vitlens bench --model vit_base_patch16_224 --device cuda --batch-size 64 \
+	  --end-to-end 1449 --workers 8 --json bench-gpu.json
 
 clean:  ## remove build artefacts (not the results store)
 	rm -rf build dist *.egg-info .pytest_cache
