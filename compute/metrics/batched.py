@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from compute.metrics.cue import CUE_COLUMNS
-from compute.metrics.localisation import PROTOCOLS, VOID
+from compute.metrics import LOCALISATION_COLUMNS
+from compute.metrics.localisation import PROTOCOLS, VOID, confusion_scores
 from compute.metrics.threshold_free import THRESHOLD_FREE_COLUMNS
 
 _NBINS = 256
@@ -89,10 +90,6 @@ def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], d
             t = F.interpolate(t[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
         out[idx] = t
     return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den > 0 else None
 
 
 def score_image(maps: Sequence[torch.Tensor | np.ndarray], mask: np.ndarray | torch.Tensor,
@@ -192,20 +189,9 @@ def score_image(maps: Sequence[torch.Tensor | np.ndarray], mask: np.ndarray | to
 def _row(s: np.ndarray, threshold: float | None, undefined: bool) -> dict:
     tp, pred_valid, n_valid, n_gt, mass_total, mass_on, pointing, rank, auc = (float(v) for v in s[:9])
     if undefined:
-        return {c: None for c in ("iou", "f1", "pixel_accuracy", "precision", "recall", "pred_area", "gt_area",
-                                  "threshold") + THRESHOLD_FREE_COLUMNS}
+        return {c: None for c in LOCALISATION_COLUMNS + THRESHOLD_FREE_COLUMNS}
     fp, fn = pred_valid - tp, n_gt - tp
-    tn = n_valid - tp - fp - fn
-    row = {
-        "iou": _ratio(tp, tp + fp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "pixel_accuracy": _ratio(tp + tn, n_valid),
-        "precision": tp / pred_valid if pred_valid > 0 else 0.0,
-        "recall": _ratio(tp, n_gt),
-        "pred_area": _ratio(pred_valid, n_valid),
-        "gt_area": _ratio(n_gt, n_valid),
-        "threshold": threshold,
-    }
+    row = {**confusion_scores(tp, fp, fn, n_valid - tp - fp - fn), "threshold": threshold}
     tf = {c: None for c in THRESHOLD_FREE_COLUMNS}
     if n_gt > 0:
         tf["pointing_game"] = pointing

@@ -91,7 +91,11 @@ def _ratio(num: float, den: float) -> float | None:
 def localisation_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> dict:
     """IoU, F1, pixel accuracy, precision, recall of a binary map against a binary mask."""
     valid = np.ones(gt.shape, dtype=bool) if valid is None else valid
-    tp, fp, fn, tn = confusion(pred.astype(bool), gt.astype(bool), valid.astype(bool))
+    return confusion_scores(*confusion(pred.astype(bool), gt.astype(bool), valid.astype(bool)))
+
+
+def confusion_scores(tp: float, fp: float, fn: float, tn: float) -> dict:
+    """The localisation columns from the confusion counts over the valid pixels."""
     return {
         "iou": _ratio(tp, tp + fp + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
