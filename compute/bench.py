@@ -38,6 +38,7 @@ from compute.capture import capture
 from compute.targets import per_image_classes
 from compute.methods import Method
 from compute.metrics.localisation import minmax_normalise, otsu_binarise
+from compute.runner import RunConfig, run, sync_device
 
 
 @dataclass
@@ -47,21 +48,16 @@ class BenchRow:
     note: str = ""
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, images: int, device: torch.device, warmup: int = 1, repeat: int = 3) -> float:
     """Best-of-``repeat`` img/s of ``fn()``, which processes ``images`` images."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync_device(device)
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         best = min(best, time.perf_counter() - t0)
     return images / best
 
@@ -215,8 +211,6 @@ def end_to_end(model: str, methods: str, images: int, batch_size: int, device: s
     """Run the batch job on ``images`` random VOC-sized images in a temporary folder and return its
     :class:`~compute.runner.RunSummary` (``seconds`` covers model loading to the last commit) and the seconds
     the images took to write (not part of the run)."""
-    from compute.runner import RunConfig, run
-
     with tempfile.TemporaryDirectory(prefix="vitlens-bench-") as tmp:
         t0 = time.perf_counter()
         write_random_voc(Path(tmp) / "voc", images)

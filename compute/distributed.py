@@ -51,7 +51,7 @@ from typing import Callable
 
 import numpy as np
 
-from compute.runner import RunConfig, RunSummary, collate, parse_shard
+from compute.runner import RunConfig, RunSummary, check_config, collate, parse_shard
 from store.writer import StoreWriter, _atomic_write_bytes
 
 __all__ = ["run_ray"]
@@ -232,15 +232,10 @@ def _check(config: RunConfig) -> tuple[RunConfig, int, tuple[int, int] | None, l
     paths absolute (Ray workers do not share the driver's working directory)."""
     from compute.data.voc import VOCSegmentation
     from compute.methods import parse_methods
-    from compute.metrics import PROTOCOLS
     from compute.models import check_model_name
 
     methods = [m.key for m in parse_methods(config.methods)]
-    for p in config.protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
-    if config.explain not in ("top1", "present"):
-        raise ValueError(f"unknown --explain {config.explain!r}; choose top1 or present")
+    check_config(config)
     if config.device != "auto" and config.device != "cpu" and not config.device.startswith("cuda"):
         raise ValueError(f"unknown --device {config.device!r} for the Ray backend; use auto, cpu or cuda")
     if config.weights is None:

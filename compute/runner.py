@@ -137,8 +137,8 @@ class RunSummary:
                 + "".join(f"\nnote: {n}" for n in self.notes))
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a stage's time is its own (scoring syncs anyway)."""
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timed stage's time is its own."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -247,9 +247,7 @@ class Job:
         self.waiting_seconds = 0.0  # for the next batch of decoded images (set by the loop that feeds the job)
         self.config = config
         self.methods = parse_methods(config.methods)
-        for p in config.protocols:
-            if p not in PROTOCOLS:
-                raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+        check_config(config)
         self.shard = parse_shard(config.shard)
         self.device = resolve_device(_shard_device(config.device))
         if dataset is None:
@@ -455,28 +453,34 @@ class _Pass:
     voc: list[int] | None = None    # VOC class explained per image (``voc_lse`` passes only)
 
 
-def _check_options(config: RunConfig, loaded: LoadedModel, cmap: ClassMap | None, reason: str | None) -> None:
+def check_config(config: RunConfig) -> None:
+    """The checks that need neither the model nor the data (the Ray driver runs them before any actor)."""
+    for p in config.protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
     if config.precision not in ("fp32", "bf16"):
         raise ValueError(f"unknown --precision {config.precision!r}; choose fp32 or bf16")
     if config.explain not in ("top1", "present"):
         raise ValueError(f"unknown --explain {config.explain!r}; choose top1 or present")
-    if config.explain == "present":
-        if "clean" not in config.protocols:
-            raise ValueError("--explain present applies to the clean protocol; add clean to --protocol")
-        if cmap is None:
-            raise ValueError(f"--explain present needs the ImageNet-1k → VOC class map, which this run cannot use: "
-                             f"{reason}")
-    if config.min_confidence is not None:
-        if loaded.headless:
-            raise ValueError("--min-confidence needs class probabilities; this model is headless")
-        if not 0.0 <= config.min_confidence < 1.0:
-            raise ValueError(f"--min-confidence {config.min_confidence} must lie in [0, 1)")
+    if config.explain == "present" and "clean" not in config.protocols:
+        raise ValueError("--explain present applies to the clean protocol; add clean to --protocol")
+    if config.min_confidence is not None and not 0.0 <= config.min_confidence < 1.0:
+        raise ValueError(f"--min-confidence {config.min_confidence} must lie in [0, 1)")
     if config.faithfulness:
         if config.faithfulness_baseline not in BASELINES:
             raise ValueError(f"unknown faithfulness baseline {config.faithfulness_baseline!r}; "
                              f"choose one of {', '.join(BASELINES)}")
         if config.faithfulness_steps < 1:
             raise ValueError("--faithfulness-steps must be at least 1")
+
+
+def _check_options(config: RunConfig, loaded: LoadedModel, cmap: ClassMap | None, reason: str | None) -> None:
+    """The checks that need the loaded model and its class map."""
+    if config.explain == "present" and cmap is None:
+        raise ValueError(f"--explain present needs the ImageNet-1k → VOC class map, which this run cannot use: "
+                         f"{reason}")
+    if config.min_confidence is not None and loaded.headless:
+        raise ValueError("--min-confidence needs class probabilities; this model is headless")
 
 
 def _ground_truth(protocol: str, present: list[int], explained: int | None, voc: int | None,
@@ -550,7 +554,7 @@ def _explain_batch(good, todo, x_batch: torch.Tensor, ctx: _Context, key: str, s
         t0 = time.perf_counter()
         with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
             cap = capture(loaded.model, x[ps.rows], requires, target=ps.target)
-        _sync(ctx.device)
+        sync_device(ctx.device)
         ctx.capture_seconds += time.perf_counter() - t0
         if outputs is None:
             outputs = torch.zeros(len(items), cap.outputs.shape[1])
@@ -682,6 +686,19 @@ class _Background:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _checked_map(out: torch.Tensor, n: int) -> torch.Tensor:
+    """A method's output, refused unless it is ``[n, h, w]``."""
+    if out.shape[0] != n or out.ndim != 3:
+        raise RuntimeError(f"returned shape {tuple(out.shape)}, expected [{n}, h, w]")
+    return out
+
+
+def _method_skips(m: Method, items: list[dict], exc: BaseException) -> list[dict]:
+    """One skip row per image for a method that failed on them (the other methods' work is kept)."""
+    return [{"image_id": it["image_id"], "stage": f"method:{m.key}", "reason": f"{type(exc).__name__}: {exc}"}
+            for it in items]
+
+
 def _commit_later(later: _Later, done: dict, ctx: "_Context") -> int:
     skip_rows: list[dict] = []
     heatmap_rows: list[dict] = []
@@ -689,13 +706,12 @@ def _commit_later(later: _Later, done: dict, ctx: "_Context") -> int:
     n = len(later.pass_items)
     for key_, (m, result, seconds) in done.items():
         ctx.background_seconds += seconds
-        if isinstance(result, torch.Tensor) and (result.shape[0] != n or result.ndim != 3):
-            result = RuntimeError(f"returned shape {tuple(result.shape)}, expected [{n}, h, w]")
-        if isinstance(result, Exception):
-            skip_rows += [{"image_id": it["image_id"], "stage": f"method:{m.key}",
-                           "reason": f"{type(result).__name__}: {result}"} for it in later.pass_items]
-            continue
-        maps[key_] = (m, result, seconds / n)
+        try:
+            if isinstance(result, Exception):
+                raise result
+            maps[key_] = (m, _checked_map(result, n), seconds / n)
+        except Exception as exc:
+            skip_rows += _method_skips(m, later.pass_items, exc)
     rows = _rows_of(later.ps, later.outputs, later.pass_items, later.todo, maps, {}, ctx, heatmap_rows)
     t0 = time.perf_counter()
     ctx.writer.write_skips(later.key, skip_rows)
@@ -723,14 +739,11 @@ def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Contex
                 jobs[m.key] = (m, fn)
                 out = None
             else:
-                out = m(cap).float()
-                if out.shape[0] != len(pass_items) or out.ndim != 3:
-                    raise RuntimeError(f"returned shape {tuple(out.shape)}, expected [{len(pass_items)}, h, w]")
+                out = _checked_map(m(cap).float(), len(pass_items))
         except Exception as exc:  # one failing method must not lose the others' work
-            skip_rows += [{"image_id": it["image_id"], "stage": f"method:{m.key}",
-                           "reason": f"{type(exc).__name__}: {exc}"} for it in pass_items]
+            skip_rows += _method_skips(m, pass_items, exc)
             continue
-        _sync(ctx.device)
+        sync_device(ctx.device)
         spent = time.perf_counter() - t1
         ctx.methods_seconds += spent
         if out is not None:
