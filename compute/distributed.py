@@ -37,7 +37,6 @@ must see ``--voc-root``, ``--out`` (and ``--weights``) at the same paths (a shar
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -51,8 +50,8 @@ from typing import Callable
 
 import numpy as np
 
-from compute.runner import RunConfig, RunSummary, check_config, collate, parse_shard
-from store.writer import StoreWriter, _atomic_write_bytes
+from compute.runner import RunConfig, RunSummary, check_config, collate, parse_shard, write_report
+from store.writer import StoreWriter
 
 __all__ = ["run_ray"]
 
@@ -318,23 +317,10 @@ def _report(config: RunConfig, summary: RunSummary, shard, plan: dict, actors: d
     this Ray run's details in a file of its own."""
     import ray
 
-    report = {
-        "counts": {"images": summary.images, "skipped": summary.skipped, "already_done": summary.already_done,
-                   "rows": summary.rows},
-        "timings": {"total_seconds": round(summary.seconds, 3), "capture_seconds": round(capture_seconds, 3),
-                    "faithfulness_seconds": round(summary.faithfulness_seconds, 3),
-                    "images_per_second": round(summary.images_per_second, 3)},
-    }
     writer = StoreWriter(config.out, summary.run_id, clean_orphans=False)
-    if shard:
-        writer.write_shard_report(f"shard-{shard[0]}-of-{shard[1]}", report)
-    else:
-        writer.write_manifest(report)
-    details = {**report, "run_id": summary.run_id, "backend": "ray", "ray_version": ray.__version__,
+    report = write_report(writer, summary, shard, capture_seconds)
+    details = {**report, "backend": "ray", "ray_version": ray.__version__,
                "address": address, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "batches": n_batches,
                "shard": list(shard) if shard else None, "plan": plan,
                "actors": {k: {**v, "busy_seconds": round(v["busy_seconds"], 3)} for k, v in sorted(actors.items())}}
-    folder = Path(config.out) / "runs" / summary.run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"ray-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
-    _atomic_write_bytes(folder / name, json.dumps(details, indent=2, default=str).encode())
+    writer.write_shard_report(f"ray-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}", details)

@@ -132,7 +132,7 @@ class RunSummary:
         return (f"{self.images} images × {len(self.methods)} methods in {self.seconds:.1f} s "
                 f"({self.images_per_second:.2f} img/s{faith}); {self.rows} metric rows, {self.skipped} skipped, "
                 f"{self.already_done} already done → {self.out} (run {self.run_id})"
-                + (f"\ntime: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items() if v >= 0.05)
+                + ("\ntime: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items() if v >= 0.05)
                    if self.images and self.stages else "")
                 + "".join(f"\nnote: {n}" for n in self.notes))
 
@@ -350,20 +350,27 @@ class Job:
         summary.seconds = time.perf_counter() - self.t_start
         summary.faithfulness_seconds = self.ctx.faithfulness_seconds
         summary.stages = {"waiting for images": self.waiting_seconds, **self.ctx.stages()}
-        report = {
-            "counts": {"images": summary.images, "skipped": summary.skipped, "already_done": summary.already_done,
-                       "rows": summary.rows},
-            "timings": {"total_seconds": round(summary.seconds, 3),
-                        "capture_seconds": round(self.ctx.capture_seconds, 3),
-                        "faithfulness_seconds": round(self.ctx.faithfulness_seconds, 3),
-                        "images_per_second": round(summary.images_per_second, 3),
-                        "stages": {k: round(v, 3) for k, v in summary.stages.items()}},
-        }
-        if self.shard:  # every shard reports on its own; the run's file keeps the shared config
-            self.writer.write_shard_report(f"shard-{self.shard[0]}-of-{self.shard[1]}", report)
-        else:
-            self.writer.write_manifest(report)
+        write_report(self.writer, summary, self.shard, self.ctx.capture_seconds)
         return summary
+
+
+def write_report(writer: StoreWriter, summary: RunSummary, shard: tuple[int, int] | None,
+                 capture_seconds: float) -> dict:
+    """Counts and timings of a finished run into its manifest, or, for a shard, into the shard's own file
+    (every shard reports on its own; the run's file keeps the shared config). Returns what was written."""
+    timings = {"total_seconds": round(summary.seconds, 3), "capture_seconds": round(capture_seconds, 3),
+               "faithfulness_seconds": round(summary.faithfulness_seconds, 3),
+               "images_per_second": round(summary.images_per_second, 3)}
+    if summary.stages:
+        timings["stages"] = {k: round(v, 3) for k, v in summary.stages.items()}
+    report = {"counts": {"images": summary.images, "skipped": summary.skipped,
+                         "already_done": summary.already_done, "rows": summary.rows},
+              "timings": timings}
+    if shard:
+        writer.write_shard_report(f"shard-{shard[0]}-of-{shard[1]}", report)
+    else:
+        writer.write_manifest(report)
+    return report
 
 
 def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
