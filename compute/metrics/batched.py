@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compute.metrics.cue import CUE_COLUMNS
+from compute.metrics.cue import cue_scores_from_sums
 from compute.metrics import LOCALISATION_COLUMNS
 from compute.metrics.localisation import PROTOCOLS, VOID, confusion_scores
 from compute.metrics.threshold_free import THRESHOLD_FREE_COLUMNS
@@ -206,15 +206,7 @@ def _row(s: np.ndarray, threshold: float | None, undefined: bool) -> dict:
 
 def _cue_row(s: np.ndarray, pred_valid: float, n_valid: float) -> dict:
     total, on_cue, on_obj, pred_cue, pred_obj, n_cue, n_obj = (float(v) for v in s[:7])
-    cue_union = pred_valid + n_cue - pred_cue
-    obj_union = pred_valid + n_obj - pred_obj
-    return dict(zip(CUE_COLUMNS, (
-        on_cue / total if total > 0 and n_cue > 0 else None,
-        on_obj / total if total > 0 else None,
-        (pred_cue / cue_union if cue_union > 0 else None) if n_cue > 0 else None,
-        pred_obj / obj_union if obj_union > 0 else None,
-        n_cue / n_valid if n_valid > 0 else None,
-    )))
+    return cue_scores_from_sums(total, on_cue, on_obj, pred_valid, pred_cue, pred_obj, n_cue, n_obj, n_valid)
 
 
 __all__ = ["score_image"]

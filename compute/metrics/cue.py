@@ -25,9 +25,20 @@ from compute.metrics.localisation import ground_truth, minmax_normalise, otsu_bi
 CUE_COLUMNS = ("cue_mass", "object_mass", "cue_iou", "object_iou", "cue_area")
 
 
-def _iou(pred: np.ndarray, gt: np.ndarray) -> float | None:
-    union = int(np.count_nonzero(pred | gt))
-    return int(np.count_nonzero(pred & gt)) / union if union else None
+def cue_scores_from_sums(total: float, on_cue: float, on_obj: float, pred: float, pred_cue: float,
+                         pred_obj: float, n_cue: float, n_obj: float, n_valid: float) -> dict:
+    """The cue columns from one map's sums over the valid pixels: ``total`` mass, the mass ``on_cue`` and
+    ``on_obj``; ``pred`` pixels in the Otsu mask, ``pred_cue`` / ``pred_obj`` of them on the cue / object; the
+    pixel counts ``n_cue``, ``n_obj`` and ``n_valid``. Shared by :func:`cue_scores` and the batched scorer."""
+    cue_union = pred + n_cue - pred_cue
+    obj_union = pred + n_obj - pred_obj
+    return dict(zip(CUE_COLUMNS, (
+        on_cue / total if total > 0 and n_cue > 0 else None,
+        on_obj / total if total > 0 else None,
+        pred_cue / cue_union if n_cue > 0 and cue_union > 0 else None,
+        pred_obj / obj_union if obj_union > 0 else None,
+        n_cue / n_valid if n_valid > 0 else None,
+    )))
 
 
 def cue_scores(heatmap, mask: np.ndarray, cue: np.ndarray, protocol: str = "clean",
@@ -49,16 +60,10 @@ def cue_scores(heatmap, mask: np.ndarray, cue: np.ndarray, protocol: str = "clea
         norm = minmax_normalise(upsample(heatmap, mask.shape))
         binary, _ = otsu_binarise(norm)
     binary = binary & valid
-    total = float(norm[valid].sum(dtype=np.float64))
-    n_valid = int(np.count_nonzero(valid))
-    has_cue = bool(cue.any())
-    return {
-        "cue_mass": float(norm[cue].sum(dtype=np.float64)) / total if total > 0 and has_cue else None,
-        "object_mass": float(norm[obj].sum(dtype=np.float64)) / total if total > 0 else None,
-        "cue_iou": _iou(binary, cue) if has_cue else None,
-        "object_iou": _iou(binary, obj),
-        "cue_area": int(np.count_nonzero(cue)) / n_valid if n_valid else None,
-    }
+    return cue_scores_from_sums(
+        total=float(norm[valid].sum(dtype=np.float64)), on_cue=float(norm[cue].sum(dtype=np.float64)),
+        on_obj=float(norm[obj].sum(dtype=np.float64)), pred=int(np.count_nonzero(binary)),
+        pred_cue=int(np.count_nonzero(binary & cue)), pred_obj=int(np.count_nonzero(binary & obj)),
+        n_cue=int(np.count_nonzero(cue)), n_obj=int(np.count_nonzero(obj)), n_valid=int(np.count_nonzero(valid)))
 
-
-__all__ = ["CUE_COLUMNS", "cue_scores"]
+__all__ = ["CUE_COLUMNS", "cue_scores", "cue_scores_from_sums"]
