@@ -9,7 +9,7 @@ METHODS  ?= all
 BATCH    ?= 32
 PYTEST_ARGS ?=
 
-.PHONY: help install browser test test-fast compute dashboard demo bench bench-gpu voc clean
+.PHONY: help install browser test test-fast test-oldest-timm compute dashboard demo bench bench-gpu voc clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,16 @@ test: install browser  ## run the whole test suite (installs what it needs first
 
 test-fast: install  ## the test suite without slow and browser tests
 	$(BIN)/python -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
+
+# the oldest timm pyproject.toml accepts, installed beside (not into) .venv, against the tests that touch timm
+TIMM_MIN := $(shell sed -n 's/.*"timm>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+TIMM_MIN_DIR ?= /tmp/vitlens-timm-$(TIMM_MIN)
+test-oldest-timm: install  ## the timm-facing tests against the oldest timm the package accepts
+	$(BIN)/pip install -q --no-deps --upgrade --target $(TIMM_MIN_DIR) timm==$(TIMM_MIN)
+	PYTHONPATH=$(TIMM_MIN_DIR) $(BIN)/python -c "import timm; assert timm.__version__ == '$(TIMM_MIN)', timm.__version__"
+	PYTHONPATH=$(TIMM_MIN_DIR) $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not browser" \
+	  tests/test_capture.py tests/test_models.py tests/test_generality.py tests/test_targets.py \
+	  tests/test_shared_capture.py tests/methods/test_chefer_lrp.py
 
 compute: install  ## the real job: VOC 2012 val, pretrained ViT, every method, GPU if present
 	$(BIN)/vitlens compute --voc-root $(VOC_ROOT) --split val --model $(MODEL) \

@@ -127,6 +127,9 @@ class _ResidualGate(torch.autograd.Function):
 def _instrumented_block_forward(block: torch.nn.Module, rec: _Recorder) -> Callable[..., Tensor]:
     attn_mod, mlp = block.attn, block.mlp
     want_internals = "internals" in rec.keep
+    # timm before 1.0.22 has neither Attention.attn_dim nor its optional inner norm (`scale_norm`)
+    attn_dim = getattr(attn_mod, "attn_dim", attn_mod.num_heads * attn_mod.head_dim)
+    attn_norm = getattr(attn_mod, "norm", torch.nn.Identity())
 
     def forward(x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         if attn_mask is not None or is_causal:
@@ -146,8 +149,8 @@ def _instrumented_block_forward(block: torch.nn.Module, rec: _Recorder) -> Calla
             rec.store["scores"].append(scores)
         if "attn" in rec.keep:
             rec.store["attn"].append(attn)
-        ctx = (attn_mod.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, attn_mod.attn_dim)
-        ctx_n = attn_mod.norm(ctx)
+        ctx = (attn_mod.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, attn_dim)
+        ctx_n = attn_norm(ctx)
         attn_out = attn_mod.proj_drop(attn_mod.proj(ctx_n))
         x_mid = x + block.drop_path1(block.ls1(attn_out))
         h2 = block.norm2(x_mid)
