@@ -36,7 +36,7 @@ REQUIREMENTS: dict[str, str] = {
     "tokens": "each block's norm1 output (the attention input tokens)",
     "tokens_grad": "gradient of the target w.r.t. each block's norm1 output",
     "input_grad": "gradient of the target w.r.t. the input pixels",
-    "internals": "per-block activations for relevance propagation (LRP)",
+    "internals": "per-block activations for relevance propagation (LRP), and the target's gradient w.r.t. the outputs",
 }
 GRADIENT_KEYS = frozenset({"attn_grad", "scores_grad", "attn_grad_residual", "tokens_grad", "input_grad"})
 _RECORDED = {"attn_grad": "attn", "scores_grad": "scores", "tokens_grad": "tokens", "attn_grad_residual": "attn"}
@@ -49,7 +49,9 @@ class Captured:
     Shapes: ``attn``/``scores`` and their gradients ``[B, heads, N, N]``; ``tokens`` ``[B, N, C]``;
     ``input``/``input_grad`` ``[B, 3, H, W]``; ``outputs`` ``[B, K]`` (logits, or pooled features for a
     headless model); ``target_value`` ``[B]``; ``target_class`` ``[B]`` (-1 where the target is not a class).
-    N = num_prefix_tokens + gh * gw; token 0 is the class token.
+    N = num_prefix_tokens + gh * gw; token 0 is the class token. With ``internals``, ``output_grad`` ``[B, K]``
+    is the gradient of the explained value w.r.t. the outputs: the one-hot vector of the class for a logit
+    target, the softmax over the member classes for a log-sum-exp target (where relevance propagation starts).
     """
 
     input: Tensor
@@ -69,6 +71,7 @@ class Captured:
     input_grad: Tensor | None = None
     internals: list[dict[str, Tensor]] | None = None
     final_tokens: Tensor | None = None  # output of the last block, before the final norm
+    output_grad: Tensor | None = None  # d target_value / d outputs, with internals
     model: torch.nn.Module | None = field(default=None, repr=False)  # weights, for relevance propagation
 
     @property
@@ -243,7 +246,17 @@ def capture(model: torch.nn.Module, x: Tensor, requires: set[str] | frozenset[st
     if "internals" in keep:
         cap.internals = rec.internals
         cap.final_tokens = rec.internals[-1]["x_out"]
+        cap.output_grad = _output_grad(target, outputs)
     return cap
+
+
+def _output_grad(target: TargetFn, outputs: Tensor) -> Tensor:
+    """``d target(outputs) / d outputs`` ``[B, K]``, on a detached copy (the model is not run again)."""
+    with torch.enable_grad():
+        out = outputs.detach().requires_grad_(True)
+        value, _ = target(out)
+        (grad,) = torch.autograd.grad(value.sum(), out, allow_unused=True)
+    return torch.zeros_like(out) if grad is None else _kept(grad)
 
 
 __all__ = ["REQUIREMENTS", "GRADIENT_KEYS", "Captured", "capture", "instrumented", "TargetFn"]

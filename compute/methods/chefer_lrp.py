@@ -1,9 +1,12 @@
 """Transformer attribution (Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention Visualization",
 CVPR 2021): relevance propagation to every attention map, weighted by the attention gradient, then rolled out.
 
-**Relevance propagation** (rules in :mod:`compute.methods._lrp_rules`). The relevance starts as the one-hot
-vector of the explained class at the head output (``R = one_hot(c)``, as in the authors' code, not the logit
-value) and is propagated backwards, per image, with explicit matrix products:
+**Relevance propagation** (rules in :mod:`compute.methods._lrp_rules`). The relevance starts at the head
+output as the gradient of the explained value w.r.t. the logits (capture key ``output_grad``): for a class logit
+that is the one-hot vector of the class (``R = one_hot(c)``, as in the authors' code, not the logit value); for
+a log-sum-exp over member classes (a VOC class made of several ImageNet classes, ``--explain present``) it is
+their softmax weights, which also sum to 1. It is propagated backwards, per image, with explicit matrix
+products:
 
 - linear layers (head, fc2, fc1, proj, qkv): LRP-αβ with α=1, β=0 — only positive contributions,
   ``z_ij = x⁺_i w⁺_ij + x⁻_i w⁻_ij``, ``R_i = Σ_j z_ij / Σ_i' z_i'j · R_j``, biases ignored;
@@ -27,14 +30,14 @@ exactly the relevance it receives, so the total relevance at every block's input
 per image, the total at the head output, ``1`` — up to relevance lost at zero denominators (none in practice).
 :func:`block_relevance_sums` returns these totals.
 
-**Map.** Per block ``Ā_l = mean_h (R_A ⊙ ∇A)⁺`` with ``∇A`` the true gradient of the explained logit w.r.t. the
-post-softmax attention (capture key ``attn_grad``). Then the identity is added and each row is normalised,
-``Â_l = (Ā_l + I) / rowsum(Ā_l + I)`` (row sums taken with keepdim, ``≥ 1`` since ``Ā ≥ 0``), multiplied
-through the blocks, ``joint = Â_L ⋯ Â_s`` (s = ``start_layer``, 0-based), and the map is the class token's
-row over the patches, ``joint[cls, patches]``. For a mean-pooled model the class token does not reach the head,
-so the map is the mean of the rows of the pooled tokens instead. The paper states the row normalisation; the
-authors' ViT code has that line commented out (it adds the identity only). ``row_norm=false`` reproduces their
-code: ``Â_l = Ā_l + I``.
+**Map.** Per block ``Ā_l = mean_h (R_A ⊙ ∇A)⁺`` with ``∇A`` the true gradient of the explained value w.r.t.
+the post-softmax attention (capture key ``attn_grad``). Then the identity is added, ``Â_l = Ā_l + I`` (paper,
+Eq. 13, "to avoid self inhibition for each token"), the blocks are multiplied, ``joint = Â_L ⋯ Â_s``
+(Eq. 14; s = ``start_layer``, 0-based), and the map is the class token's row over the patches,
+``joint[cls, patches]``. For a mean-pooled model the class token does not reach the head, so the map is the
+mean of the rows of the pooled tokens instead. This is also the authors' ViT code, where a row-normalising
+line is commented out; ``row_norm=true`` restores it (as their BERT code and attention rollout do):
+``Â_l = (Ā_l + I) / rowsum(Ā_l + I)``, row sums taken with keepdim.
 
 Only the class-token row (or pooled-row mean) of ``joint`` is needed, so it is carried as a vector
 ``r ← r · Â_l`` from the last block down to ``start_layer``; propagation stops there. Distilled DeiT models
@@ -80,6 +83,8 @@ def _check(cap: Captured) -> None:
         raise MethodError("chefer_lrp needs a linear classification head (the model is headless)")
     if (cap.target_class < 0).any():
         raise MethodError("chefer_lrp explains a class logit; the target is not a class (e.g. cls_norm)")
+    if cap.output_grad is None or cap.output_grad.shape != cap.outputs.shape:
+        raise MethodError("chefer_lrp needs the capture's gradient of the target w.r.t. the logits (output_grad)")
 
 
 def _pooled_tokens(model: torch.nn.Module, n_tokens: int) -> list[int]:
@@ -98,8 +103,9 @@ def _head_relevance(cap: Captured) -> Tensor:
         rows = _pooled_tokens(model, tokens.shape[1])
         pooled = tokens[:, 0] if model.global_pool == "token" else tokens[:, rows].mean(dim=1)
         features = model.fc_norm(pooled)  # fc_norm / head_drop: identity rule
-    start = torch.zeros(features.shape[0], model.head.out_features, dtype=features.dtype, device=features.device)
-    start[torch.arange(start.shape[0], device=start.device), cap.target_class.to(start.device)] = 1.0
+    # d target / d logits: the one-hot vector of the explained class (the authors' start), or for a log-sum-exp
+    # over member classes (VOC classes made of several ImageNet classes) their softmax weights; both sum to 1
+    start = cap.output_grad.to(dtype=features.dtype, device=features.device)
     r_pooled = linear_alpha1_beta0(features, model.head.weight, start)
     relevance = torch.zeros_like(tokens)
     if model.global_pool == "token":
@@ -165,7 +171,7 @@ class CheferLRP(Method):
     requires = frozenset({"internals", "attn_grad"})
     summary = "Chefer et al. transformer attribution: LRP relevance of attention x its gradient, rolled out"
     class_specific = True
-    defaults = {"start_layer": 0, "row_norm": True}
+    defaults = {"start_layer": 0, "row_norm": False}
 
     def __init__(self, **options):
         super().__init__(**options)

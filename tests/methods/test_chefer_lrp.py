@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from compute.capture import capture
 from compute.methods import MethodError, get_method
 from compute.methods.chefer_lrp import block_relevance_sums, propagate
-from compute.targets import per_image_classes
+from compute.targets import per_image_classes, voc_logsumexp
 from tests.conftest import make_vit
 from tests.methods.helpers import assert_batch_invariant, assert_target_sensitive, assert_well_formed
 
@@ -143,13 +143,25 @@ def naive_add(x0, x1, relevance):
     return a, b
 
 
-def naive_relevances(model, image):
-    """Per block (first to last): R_A [heads, N, N], dy/dA [heads, N, N], relevance total at the block input."""
+def naive_relevances(model, image, members=None):
+    """Per block (first to last): R_A [heads, N, N], dy/dA [heads, N, N], relevance total at the block input.
+
+    ``members=None`` explains the top-1 logit, relevance starting as its one-hot vector. A list of classes
+    explains y = log Σ_k exp(logit_k) over them, relevance starting as dy/dlogit_k = exp(logit_k) / Σ_j exp(logit_j)
+    on each member k (0 elsewhere)."""
     out = naive_forward(model, image)
-    cls = int(out["logits"].argmax())
-    grads = [g.detach() for g in torch.autograd.grad(out["logits"][cls], out["attn"])]
+    logits = out["logits"]
     r_out = torch.zeros(model.num_classes, dtype=image.dtype)
-    r_out[cls] = 1.0
+    if members is None:
+        cls = int(logits.argmax())
+        y = logits[cls]
+        r_out[cls] = 1.0
+    else:
+        exps = [torch.exp(logits[k]) for k in members]
+        y = torch.log(sum(exps))
+        for k, e in zip(members, exps):
+            r_out[k] = (e / sum(exps)).detach()
+    grads = [g.detach() for g in torch.autograd.grad(y, out["attn"])]
     r_features = naive_linear(out["features"][None], model.head.weight, r_out[None])[0]
     final = out["final"]
     relevance = torch.zeros_like(final)
@@ -179,7 +191,7 @@ def naive_relevances(model, image):
     return r_attn, grads, torch.stack(totals)
 
 
-def naive_map(model, r_attn, grads, start_layer=0, row_norm=True):
+def naive_map(model, r_attn, grads, start_layer=0, row_norm=False):
     n = r_attn[0].shape[-1]
     joint = None
     for r_a, g in list(zip(r_attn, grads))[start_layer:]:
@@ -201,12 +213,13 @@ def naive_map(model, r_attn, grads, start_layer=0, row_norm=True):
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def naive_for(model, images, i):
-    """naive_relevances, computed once per (model, image) for the tests that share them."""
+def naive_for(model, images, i, members=None):
+    """naive_relevances, computed once per (model, image, members) for the tests that share them."""
     per_model = _CACHE.setdefault(model, {})
-    key = (tuple(images[i].shape), float(images[i].sum()), float(images[i].abs().max()))
+    key = (tuple(images[i].shape), float(images[i].sum()), float(images[i].abs().max()),
+           None if members is None else tuple(members))
     if key not in per_model:
-        per_model[key] = naive_relevances(model, images[i])
+        per_model[key] = naive_relevances(model, images[i], members)
     return per_model[key]
 
 
@@ -216,13 +229,14 @@ def _assert_map(actual, expected):
     torch.testing.assert_close(actual, expected, atol=REL * spread, rtol=0)
 
 
-def _check_against_naive(model, images, spec="chefer_lrp", start_layer=0, row_norm=True):
+def _check_against_naive(model, images, spec="chefer_lrp", start_layer=0, row_norm=False, member_sets=None):
     method = get_method(spec)
-    cap = capture(model, images, method.requires)
+    target = None if member_sets is None else voc_logsumexp(member_sets, list(range(1, len(member_sets) + 1)))
+    cap = capture(model, images, method.requires, target=target)
     maps = method(cap)
     ours_attn = {l: r for l, kind, r in propagate(cap) if kind == "attn"}
     for i in range(images.shape[0]):
-        r_attn, grads, _ = naive_for(model, images, i)
+        r_attn, grads, _ = naive_for(model, images, i, None if member_sets is None else member_sets[i])
         _assert_map(maps[i], naive_map(model, r_attn, grads, start_layer, row_norm))
         for l, expected in enumerate(r_attn):
             torch.testing.assert_close(ours_attn[l][i], expected, atol=REL * float(expected.abs().max()), rtol=0)
@@ -251,12 +265,25 @@ def wide_images():
 
 # ---------------------------------------------------------------------------------------------------- tests
 SPECS = [("chefer_lrp", {}), ("chefer_lrp(start_layer=1)", {"start_layer": 1}),
-         ("chefer_lrp(row_norm=false)", {"row_norm": False})]
+         ("chefer_lrp(row_norm=true)", {"row_norm": True})]
 
 
 @pytest.mark.parametrize("spec,kwargs", SPECS, ids=[s for s, _ in SPECS])
 def test_matches_naive_transcription(spec, kwargs, tiny_vit, images):
     _check_against_naive(tiny_vit, images, spec, **kwargs)
+
+
+def test_log_sum_exp_target_matches_naive_transcription(tiny_vit, images):
+    """A VOC class made of several ImageNet classes (``--explain present``): the relevance starts on every member,
+    weighted by its softmax share, and the attention gradients are those of the log-sum-exp; members differ per
+    image, one of them a single class."""
+    member_sets = [[0, 1], [2], [1, 3, 4], [4, 0]]
+    _check_against_naive(tiny_vit, images, member_sets=member_sets)
+    cap = capture(tiny_vit, images, get_method("chefer_lrp").requires, target=voc_logsumexp(member_sets, [1, 2, 3, 4]))
+    sums = block_relevance_sums(cap)
+    torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-10, rtol=0)
+    single = capture(tiny_vit, images[1:2], get_method("chefer_lrp").requires, target=per_image_classes([2]))
+    torch.testing.assert_close(get_method("chefer_lrp")(cap)[1:2], get_method("chefer_lrp")(single), atol=1e-12, rtol=0)
 
 
 def test_layerscale_model_matches_naive_transcription(layerscale_vit, images):
@@ -308,7 +335,7 @@ def test_map_depends_on_the_target_class(tiny_vit, images):
 def test_start_layer_and_row_norm_change_the_map(tiny_vit, images):
     cap = capture(tiny_vit, images, get_method("chefer_lrp").requires)
     base = get_method("chefer_lrp")(cap)
-    for spec in ("chefer_lrp(start_layer=2)", "chefer_lrp(row_norm=false)"):
+    for spec in ("chefer_lrp(start_layer=2)", "chefer_lrp(row_norm=true)"):
         assert not torch.allclose(base, get_method(spec)(cap), atol=1e-12, rtol=0)
 
 
