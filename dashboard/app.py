@@ -49,8 +49,10 @@ def main() -> None:
         page.run()
         return
     st.sidebar.caption(f"store `{view.store}`")
+    notices = st.container()  # above the page: what of the link could not be shown
     with common.friendly_errors():
         page.run()
+    common.link_warnings(notices)
     us.sync()
 
 

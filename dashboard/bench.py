@@ -150,7 +150,7 @@ def bench_queries(store: Path) -> list[tuple[str, float, float]]:
         ("metric_sample (scatter 3000)", lambda: q.metric_sample(con, f, "iou", known, 3000, True)),
         ("failure_cases (top 50)", lambda: q.failure_cases(con, f, "iou", known, 50)),
         ("image_page (8, worst first)", lambda: q.image_page(con, f, "iou", known, "worst first", 8, 0)),
-        ("rows_for_images (8)", lambda: q.rows_for_images(con, f, page_ids)),
+        ("rows_for_images (8)", lambda: q.rows_for_images(con, f, page_ids, known)),
         ("images_for (8)", lambda: q.images_for(con, RUN_ID, page_ids)),
         ("heatmaps_for (8 × 3)", lambda: q.heatmaps_for(con, RUN_ID, page_ids, list(METHODS[:3]))),
     ]

@@ -61,6 +61,30 @@ def open_image(image_id: str) -> None:
     st.switch_page(IMAGE_PAGE, query_params={**us.url_params(shared_only=True), "image": str(image_id)})
 
 
+#: why a link's value may not be available, per URL parameter (others: not among the current choices)
+_UNAVAILABLE = {
+    "model": "no run of that model in this store",
+    "run": "no such run of the chosen model in this store",
+    "image": "not in this run's images table (no picture or maps of it were stored)",
+}
+
+
+def _shown(v, limit: int = 80) -> str:
+    text = (",".join(str(x) for x in v) if v else "(none)") if isinstance(v, (list, tuple)) else str(v)
+    text = text.replace("`", "'")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def link_warnings(container=None) -> None:
+    """A warning for each value the link (or an "open" action) asked for that is not available, naming it and
+    what is shown instead (see :func:`dashboard.urlstate.rejected`)."""
+    box = container if container is not None else st
+    for key, asked, used in us.rejected():
+        why = _UNAVAILABLE.get(key, "not one of the current choices")
+        box.warning(f"The link asks for `{key}={_shown(asked)}`, which is not available ({why}); "
+                    f"showing `{_shown(used)}` instead.", icon=":material/link_off:")
+
+
 def need_methods(view) -> bool:
     """False (and a hint) when the method filter selects nothing."""
     if view.methods:
@@ -83,15 +107,19 @@ def empty_result(what: str = "rows") -> None:
 
 @contextmanager
 def friendly_errors():
-    """A store that cannot be read shows a message instead of a traceback."""
+    """A store that cannot be read, or a query for something the store lacks, shows a message instead of a
+    traceback."""
     import duckdb
 
-    from store.query import FILL_HINT, StoreError
+    from store.query import FILL_HINT, QueryError, StoreError
 
     try:
         yield
     except StoreError as exc:
         st.error(str(exc))
+    except QueryError as exc:  # a view asked for something this store lacks: say what, never a traceback
+        st.error(f"This view cannot be shown: {exc}")
+        st.caption("Change the filters in the sidebar (or press **Reset filters**).")
     except (duckdb.Error, OSError) as exc:
         st.error(f"The store could not be read: {type(exc).__name__}: {exc}")
         st.caption(f"If it is damaged or incomplete, rerun the job into it; {FILL_HINT}")

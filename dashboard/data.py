@@ -141,7 +141,7 @@ def image_page(store: str, fp: str, f: q.RowFilter, column: str, order: str, lim
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def rows_for_images(store: str, fp: str, f: q.RowFilter, ids: tuple[str, ...]):
-    return _run(store, fp, q.rows_for_images, f, list(ids))
+    return _run(store, fp, q.rows_for_images, f, list(ids), known_columns(store, fp))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -165,23 +165,25 @@ def images(store: str, fp: str, run_id: str, ids: tuple[str, ...]) -> dict[str, 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
 def heatmaps(store: str, fp: str, run_id: str, ids: tuple[str, ...], methods: tuple[str, ...] | None):
-    """(image_id, method) -> list of (target_kind, target_class, decoded map) of the given images only."""
+    """(image_id, method) -> list of (target_kind, target_class, (data, height, width)) of the given images
+    only. Maps stay encoded (a few KB each) until :func:`pick_heatmap` decodes the one a cell shows."""
     df = _run(store, fp, q.heatmaps_for, run_id, list(ids), list(methods) if methods is not None else None)
     out: dict[tuple[str, str], list] = {}
     for r in df.itertuples(index=False):
         tc = None if pd.isna(r.target_class) else int(r.target_class)
         out.setdefault((r.image_id, r.method), []).append(
-            (r.target_kind, tc, decode_heatmap(bytes(r.data), r.height, r.width)))
+            (r.target_kind, tc, (bytes(r.data), int(r.height), int(r.width))))
     return out
 
 
 def pick_heatmap(maps: dict, image_id: str, method: str, target_kind=None, target_class=None):
-    """The stored map of one row: the one explaining the row's target when several targets were explained."""
+    """The stored map of one row, decoded (only this one): the one explaining the row's target when several
+    targets were explained."""
     found = maps.get((image_id, method)) or []
-    for kind, tc, arr in found:
+    for kind, tc, enc in found:
         if (target_kind is None or kind == target_kind) and tc == target_class:
-            return arr
-    return found[0][2] if found else None
+            return decode_heatmap(*enc)
+    return decode_heatmap(*found[0][2]) if found else None
 
 
 _THREADS_SET = False

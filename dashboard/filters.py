@@ -66,7 +66,11 @@ def sidebar(store: Path) -> View | None:
     sb.markdown("### Filters")
 
     models = list(dict.fromkeys(runs["model"].fillna("?").tolist()))
-    us.declare(us.choice("model", models, models[0]), shared=True)
+    # A link leaves the model out when it was the newest one; a link that names a run then opens that run's
+    # model, so it still opens that run after runs of another model were added.
+    linked_run = st.query_params.get("run")
+    us.declare(us.choice("model", models, models[0]), shared=True,
+               initial=(runs_by_id[linked_run]["model"] or "?") if linked_run in runs_by_id else None)
     sb.selectbox("Model", models, key="model", disabled=len(models) == 1)
     model = st.session_state["model"]
 
@@ -120,9 +124,11 @@ def sidebar(store: Path) -> View | None:
         lo = min(0.0, float(stats["min"])) if stats["min"] is not None else 0.0
         hi = max(1.0, float(stats["max"])) if stats["max"] is not None else 1.0
         us.declare(us.float_range(f"thr_{c}", lo, hi), shared=True)
-        sb.slider(label(c), lo, hi, key=f"thr_{c}", step=0.01)
-        a, b = st.session_state[f"thr_{c}"]
-        thresholds.append((c, float(a), float(b)))
+        a, b = sb.slider(label(c), lo, hi, key=f"thr_{c}", step=0.01,
+                         help="rows where this metric is undefined are left out once the range is narrowed")
+        if a > lo or b < hi:  # the full range filters nothing, not even rows where the metric is undefined
+            thresholds.append((c, float(a), float(b)))
+            sb.caption(f"only rows with {label(c)} in [{a:.2f}, {b:.2f}]; rows where it is undefined are left out")
 
     if sb.button("Reset filters", key="reset_filters", width="stretch"):
         us.forget(list(FILTER_KEYS) + [f"thr_{c}" for c in columns])

@@ -5,7 +5,9 @@ valid value for the widget's key into session state (the widget's own value if i
 session last had for it on another visit, else the URL's, else the default) and records how to write it
 back. After the page has run, :func:`sync` writes the query string from the recorded widgets: only values that
 differ from their defaults, and only when something changed. Values that do not parse or are not among the
-current options are ignored (the default is used) and dropped from the URL, so a bad link never breaks a page.
+current options are ignored (the default is used) and dropped from the URL, so a bad link never breaks a page;
+:func:`rejected` lists them (and values asked for with :func:`remember` that were not valid), so that the page
+can say so instead of silently showing something else.
 
 URL values are read when a session starts (a link is opened or the page reloaded); within a session, the
 widgets are the source of truth.
@@ -23,6 +25,8 @@ import streamlit as st
 _REGISTERED = "_vl_registered"   # key -> Param, declared during this run
 _REMEMBERED = "_vl_remembered"   # key -> last value this session had (survives a widget leaving the page)
 _GLOBAL = "_vl_global_keys"      # keys declared by the shared sidebar (kept when switching pages)
+_REQUESTED = "_vl_requested"     # keys given a value with remember() that no declaration has consumed yet
+_REJECTED = "_vl_rejected"       # (key, asked, used) of this run: link or remember() values that were invalid
 
 
 @dataclass(frozen=True)
@@ -148,37 +152,61 @@ def begin_run() -> None:
     st.session_state[_REGISTERED] = {}
     st.session_state.setdefault(_REMEMBERED, {})
     st.session_state[_GLOBAL] = set()
+    st.session_state[_REJECTED] = []
 
 
-def declare(p: Param, shared: bool = False) -> Any:
+def declare(p: Param, shared: bool = False, initial: Any = None) -> Any:
     """Put a valid value for widget ``p.key`` into session state before the widget is created; returns it.
-    ``shared`` marks a parameter of the sidebar (kept in the URL on every page)."""
+    ``shared`` marks a parameter of the sidebar (kept in the URL on every page). ``initial`` (when valid) is
+    used instead of the default when neither the session nor the URL gives a valid value; unlike the default,
+    it does not decide what is left out of the URL. A value the link brought (read when the session has none
+    of its own) or one asked for with :func:`remember` that is not valid is recorded for :func:`rejected`."""
     ss = st.session_state
     registered = ss.setdefault(_REGISTERED, {})
     registered[p.key] = p
     if shared:
         ss.setdefault(_GLOBAL, set()).add(p.key)
     remembered = ss.setdefault(_REMEMBERED, {})
-    value = _first_valid(p, [
+    requested = ss.setdefault(_REQUESTED, set())
+    explicit = p.key in requested and p.key in remembered
+    requested.discard(p.key)
+    from_link = p.key not in ss and p.key not in remembered and p.key in st.query_params
+    sources = [
         (lambda: ss[p.key]) if p.key in ss else None,
         (lambda: remembered[p.key]) if p.key in remembered else None,
         (lambda: p.parse(st.query_params.get_all(p.key))) if p.key in st.query_params else None,
-    ])
+    ]
+    value, used = _first_valid(p, sources + [(lambda: initial) if initial is not None else None])
+    used = None if used == len(sources) else used
+    asked = None
+    if explicit and used != 1:
+        asked = remembered[p.key]
+    elif from_link and used != 2:
+        asked = st.query_params.get_all(p.key)
+    if asked is not None:
+        ss.setdefault(_REJECTED, []).append((p.key, asked, value))
     # Written on every run, not only when it differs: a widget with the same key on another page is another
     # widget to Streamlit, and only a value set through session state carries over to it.
     ss[p.key] = value
     return value
 
 
-def _first_valid(p: Param, sources) -> Any:
-    for source in sources:
+def rejected() -> list[tuple[str, Any, Any]]:
+    """``(key, asked, used)`` for each value of this run that a link (or :func:`remember`) asked for but that
+    was not valid, so the default ``used`` is shown instead: the caller should say so."""
+    return list(st.session_state.get(_REJECTED, []))
+
+
+def _first_valid(p: Param, sources) -> tuple[Any, int | None]:
+    """The first valid value of ``sources`` and its index; the default (index None) when none is."""
+    for i, source in enumerate(sources):
         if source is None:
             continue
         try:
-            return p.clean(source())
+            return p.clean(source()), i
         except (ValueError, TypeError, KeyError):
             continue
-    return p.clean(p.default) if _valid(p, p.default) else p.default
+    return (p.clean(p.default) if _valid(p, p.default) else p.default), None
 
 
 def _valid(p: Param, v) -> bool:
@@ -232,8 +260,10 @@ def sync() -> None:
 
 
 def remember(key: str, v) -> None:
-    """Set the value a parameter will have on the next page that declares it (e.g. before switching pages)."""
+    """Set the value a parameter will have on the next page that declares it (e.g. before switching pages); if
+    that value is not valid there, :func:`rejected` says so."""
     st.session_state.setdefault(_REMEMBERED, {})[key] = v
+    st.session_state.setdefault(_REQUESTED, set()).add(key)
     if key in st.session_state:
         del st.session_state[key]
 
@@ -241,8 +271,10 @@ def remember(key: str, v) -> None:
 def forget(keys) -> None:
     """Back to defaults for ``keys`` (widget state, remembered values and the URL's copy)."""
     remembered = st.session_state.setdefault(_REMEMBERED, {})
+    requested = st.session_state.setdefault(_REQUESTED, set())
     for k in keys:
         remembered.pop(k, None)
+        requested.discard(k)
         if k in st.session_state:
             del st.session_state[k]
         if k in st.query_params:

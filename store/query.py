@@ -20,6 +20,11 @@ class StoreError(ValueError):
     """The folder is not a vitlens store (or holds nothing yet); the message says how to fill it."""
 
 
+class QueryError(ValueError):
+    """A dashboard query was asked for something the store does not have (a metric column, an order); the
+    message names it. Raised before any SQL runs."""
+
+
 FILL_HINT = ("fill it with: vitlens compute --voc-root <VOC folder> --out <store>  "
              "(offline: add --random-init --model vit_tiny_patch16_224, or run `make demo`)")
 
@@ -108,7 +113,7 @@ def metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
 def _ident(column: str, allowed) -> str:
     """A column name checked against ``allowed``, quoted for SQL; anything else is an error, never SQL."""
     if column not in allowed:
-        raise ValueError(f"unknown metric column {column!r}; known: {', '.join(allowed)}")
+        raise QueryError(f"unknown metric column {column!r}; known: {', '.join(allowed) or '(none)'}")
     return '"' + column.replace('"', '""') + '"'
 
 
@@ -191,27 +196,54 @@ def run_facets(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
 
 
 def leaderboard(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str], known: list[str]):
-    """Per method: images, rows, mean of each of ``columns`` (fractions), non-null count of each
-    (``n_<column>``) and mean seconds per image; best mean of the first column first."""
-    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)
+    """Per method: images, rows, mean of each of ``columns`` (fractions), the number of images with a defined
+    value of each (``n_<column>``) and the compute seconds per image; best mean of the first column first.
+
+    Means are per image, as in ``vitlens report`` (:func:`report_summary`): each image first gets the mean of
+    its rows (one per explained target: several with ``--explain present``), NULLs skipped, then the mean
+    over images of those per-image means, so every image weighs the same. With ``f.protocol`` set (the
+    dashboard always sets it) the numbers equal the report's for that run and protocol. ``seconds`` is the
+    mean over images of the sum of the image's rows' seconds (each row holds its target's share of the batch
+    time, so the sum is what the image cost the method)."""
+    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)  # twice: rows, images
     counts = ", ".join(f'count({_ident(c, known)}) AS "n_{c}"' for c in columns)
     where, params = filter_sql(f, known)
     order = f"{_ident(columns[0], known)} DESC NULLS LAST, " if columns else ""
-    sql = (f"SELECT method, count(DISTINCT image_id) AS images, count(*) AS rows"
+    sql = (f"WITH per_image AS (SELECT method, image_id, count(*) AS n_rows{', ' + means if means else ''}, "
+           f"sum(seconds) AS seconds FROM metrics WHERE {where} GROUP BY method, image_id) "
+           f"SELECT method, count(*) AS images, CAST(sum(n_rows) AS BIGINT) AS rows"
            f"{', ' + means if means else ''}{', ' + counts if counts else ''}, avg(seconds) AS seconds "
-           f"FROM metrics WHERE {where} GROUP BY method ORDER BY {order}method")
+           f"FROM per_image GROUP BY method ORDER BY {order}method")
     return con.execute(sql, params).df()
 
 
+#: per protocol, how a row is assigned to VOC classes in :func:`class_breakdown`: ``clean`` scores a row on
+#: the class it explains (``gt_target``: one class with ``--explain present`` or when the explained head class
+#: maps to a VOC class; all the image's classes when no class map applies; NULL when the class is absent, and
+#: then the row has no score); ``report`` scores every row on all objects, so a row counts for every class of
+#: its image (``gt_classes``).
+CLASS_AWARE_PROTOCOLS = ("clean",)
+
+
 def class_breakdown(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str]):
-    """Mean of ``column`` per method and VOC class present in the image (an image counts for each of its
-    classes; with a class filter, only the chosen classes): method, cls, value, n."""
+    """Mean of ``column`` per method and VOC class: method, cls, value, n (images with a defined value).
+
+    A row belongs to the classes its score is about: under ``clean`` the class it explains (``gt_target``), so
+    a dog row and a person row of one image land in the dog and the person cell respectively; under
+    ``report`` every class present in the image (an image counts for each of its classes). As in
+    :func:`leaderboard`, each image first gets the mean of its rows in a cell, then the cell is the mean over
+    images. With a class filter, only the chosen classes are shown."""
     q = _ident(column, known)
     where, params = filter_sql(f, known)
     keep = "AND list_contains(?::VARCHAR[], cls)" if f.classes else ""
-    sql = (f"SELECT method, cls, avg(v) AS value, count(v) AS n FROM (SELECT method, {q} AS v, "
-           f"unnest(string_split(coalesce(gt_classes, ''), ',')) AS cls FROM metrics WHERE {where}) "
-           f"WHERE cls <> '' {keep} GROUP BY method, cls ORDER BY method, cls")
+    aware = ", ".join(f"'{p}'" for p in CLASS_AWARE_PROTOCOLS)  # fixed text, never user input
+    classes = f"CASE WHEN protocol IN ({aware}) THEN gt_target ELSE gt_classes END"
+    sql = (f"WITH assigned AS (SELECT method, image_id, {q} AS v, "
+           f"unnest(string_split(coalesce({classes}, ''), ',')) AS cls FROM metrics WHERE {where}), "
+           f"per_image AS (SELECT method, cls, image_id, avg(v) AS v FROM assigned WHERE cls <> '' {keep} "
+           "GROUP BY method, cls, image_id) "
+           "SELECT method, cls, avg(v) AS value, count(v) AS n FROM per_image "
+           "GROUP BY method, cls ORDER BY method, cls")
     return con.execute(sql, params + ([list(f.classes)] if f.classes else [])).df()
 
 
@@ -288,7 +320,7 @@ def image_page(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known:
     confidence; and the total number of images."""
     q = _ident(column, known)
     if order not in IMAGE_ORDERS:
-        raise ValueError(f"unknown order {order!r}; choose from {', '.join(IMAGE_ORDERS)}")
+        raise QueryError(f"unknown order {order!r}; choose from {', '.join(IMAGE_ORDERS)}")
     where, params = filter_sql(f, known)
     total = con.execute(f"SELECT count(DISTINCT image_id) FROM metrics WHERE {where}", params).fetchone()[0]
     df = con.execute(
@@ -298,9 +330,11 @@ def image_page(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known:
     return df, int(total)
 
 
-def rows_for_images(con: duckdb.DuckDBPyConnection, f: RowFilter, image_ids: list[str]):
-    """Every metrics row under ``f`` for the given images (all columns), for captions and detail tables."""
-    where, params = filter_sql(f, [])
+def rows_for_images(con: duckdb.DuckDBPyConnection, f: RowFilter, image_ids: list[str],
+                    known: list[str]):
+    """Every metrics row under ``f`` for the given images (all columns), for captions and detail tables;
+    ``known`` are the metric columns a threshold of ``f`` may name (:func:`metric_columns`)."""
+    where, params = filter_sql(f, known)
     return con.execute(f"SELECT * FROM metrics WHERE {where} AND list_contains(?::VARCHAR[], image_id) "
                        "ORDER BY image_id, method, protocol, target_class", params + [list(image_ids)]).df()
 

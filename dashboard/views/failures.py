@@ -64,13 +64,16 @@ elif common.need_methods(view):
         }
         glance = cases.head(4)
         style = ("jet", 0.5, True, False, True)
+        # fetch and decode only what the previews show, not the maps of every row of the table
+        glance_ids = tuple(dict.fromkeys(glance["image_id"]))
+        glance_methods = tuple(dict.fromkeys(glance["method"]))
         for col, r in zip(st.columns(4), glance.to_dict("records")):
             with col:
                 tc = common.nan_to_none(r.get("target_class"))
-                img = data.overlay(view.store, view.fp, view.run_id, ids, r["image_id"], r["method"],
+                img = data.overlay(view.store, view.fp, view.run_id, glance_ids, r["image_id"], r["method"],
                                    common.nan_to_none(r.get("target_kind")), None if tc is None else int(tc),
                                    view.protocol or "report", common.nan_to_none(r.get("gt_target")), style,
-                                   tuple(view.methods))
+                                   glance_methods)
                 if img:
                     st.image(img, width="stretch")
                 st.caption(f"#{r['rank']} · **{r['image_id']}** · {r['method']} · score {common.fmt(r['score'])}")

@@ -6,12 +6,14 @@ import streamlit as st
 from dashboard import common, data
 from dashboard import urlstate as us
 from dashboard.metrics_info import label, meaning
+from store.query import CLASS_AWARE_PROTOCOLS
 
 view = common.page_view()
 st.title("Leaderboard")
 run = view.run
 st.caption(f"run `{view.run_id}` · model `{run['model']}` · protocol **{view.protocol}** · "
-           "means over the filtered rows, ×100; rows whose metric is undefined are skipped (see the counts)")
+           "means ×100 over images, as in `vitlens report`: each image's rows (one per explained target) are "
+           "averaged first, so every image weighs the same; undefined values are skipped (see the counts)")
 
 if common.need_methods(view):
     board = data.leaderboard(view.store, view.fp, view.filter, tuple(view.columns))
@@ -27,10 +29,11 @@ if common.need_methods(view):
             config[c] = st.column_config.NumberColumn(label(c), format="%.1f", help=meaning(c))
         table["ms_per_image"] = board["seconds"] * 1000.0
         config["ms_per_image"] = st.column_config.NumberColumn(
-            "ms / image", format="%.2f", help="this method's share of the compute time per image")
+            "ms / image", format="%.2f", help="this method's share of the compute time per image (summed over "
+                                              "the image's explained targets)")
         st.dataframe(table, hide_index=True, column_config=config, key="leaderboard_table")
 
-        with st.expander("Counts of defined values per metric"):
+        with st.expander("Images with a defined value, per metric"):
             counts = board[["method"] + [f"n_{c}" for c in view.columns]].rename(
                 columns={f"n_{c}": label(c) for c in view.columns})
             st.dataframe(counts, hide_index=True)
@@ -51,11 +54,16 @@ if common.need_methods(view):
                     z=grid.values, x=list(grid.columns), y=list(grid.index), colorscale="Viridis",
                     text=[[common.fmt(v, 1) for v in row] for row in grid.values], texttemplate="%{text}",
                     customdata=counts.values,
-                    hovertemplate="%{y} · %{x}<br>" + label(metric) + " ×100: %{z:.1f}<br>rows: %{customdata}"
+                    hovertemplate="%{y} · %{x}<br>" + label(metric) + " ×100: %{z:.1f}<br>images: %{customdata}"
                                   "<extra></extra>",
                     colorbar={"title": {"text": "×100"}}))
                 fig.update_layout(height=140 + 36 * len(methods), margin={"l": 10, "r": 10, "t": 30, "b": 10},
                                   xaxis={"side": "top"}, yaxis={"autorange": "reversed"})
                 st.plotly_chart(fig, key="class_heatmap")
-                st.caption(f"mean {label(metric)} ×100 per method and VOC class present in the image (an image "
-                           "with several classes counts for each)")
+                if view.protocol in CLASS_AWARE_PROTOCOLS:
+                    how = ("a row counts for the VOC class it explains (its object mask), so the rows of an "
+                           "image with several classes explained separately land in separate cells")
+                else:
+                    how = "a row counts for every VOC class present in its image"
+                st.caption(f"mean {label(metric)} ×100 per method and VOC class over images ({view.protocol}: "
+                           f"{how})")

@@ -113,3 +113,12 @@ def odd_store(tmp_path_factory) -> Path:
         {"run_id": run_id, "created": "2025-01-02T03:04:05+0000", "config": {"model": "headless_vit",
                                                                            "protocols": ["report"]}}))
     return out
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory) -> Path:
+    """The synthetic three-run store of :mod:`tests.dashboard.synth` (an ``--explain present`` run among them),
+    written through the store writer; no model, under a second."""
+    from tests.dashboard import synth
+
+    return synth.build(tmp_path_factory.mktemp("small-store"))
