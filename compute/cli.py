@@ -287,12 +287,22 @@ def report_cmd(
     from store.query import StoreError, has_results
 
     if not has_results(store):
+        if any(Path(store).glob("skips/run_id=*/part-*.parquet")):
+            raise StoreError(f"no scored rows in {str(store)!r}: every image or method was skipped; the skips "
+                             "table says why (vitlens dashboard, or store.query.connect(...).sql('FROM skips'))")
         raise StoreError(f"no results in {str(store)!r}; fill it with: vitlens compute --voc-root <VOC folder> "
                          f"--out {store}")
     rep = build_report(store, protocol=protocol, min_confidence=min_confidence, run_id=run_id,
                        resamples=resamples, seed=seed)
     if rep.table.empty:
-        raise ValueError("no rows match the filters (protocol, --min-confidence, --run)")
+        given = [f"{flag} {value}" for flag, value in (("--protocol", protocol), ("--min-confidence", min_confidence),
+                                                       ("--run", run_id)) if value is not None]
+        if given:
+            raise ValueError(f"no rows match {', '.join(given)}; without a filter the report covers every "
+                             f"run and protocol in the store")
+        raise ValueError(f"the metrics in {str(store)!r} hold no scored rows (every image skipped, or the run was "
+                         f"interrupted before its first batch); see the skips table, or rerun: vitlens compute "
+                         f"--voc-root <VOC folder> --out {store}")
     out = stdout if stdout.is_terminal else Console(width=160)  # a file or pipe gets the whole table
     main_cols = [c for c in rep.columns if c in ("iou", "f1", "pixel_accuracy")]
     extra_cols = [c for c in rep.columns if c not in main_cols]

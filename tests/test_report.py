@@ -121,3 +121,20 @@ def test_cli_on_an_empty_or_unmatched_store_says_what_to_do(store, tmp_path):
     assert result.exit_code == 2 and "vitlens compute" in result.output
     result = cli.invoke(app, ["report", "--store", str(store), "--run", "nope"])
     assert result.exit_code == 2 and "no rows match" in result.output
+
+
+def test_cli_on_a_store_whose_every_image_was_skipped_says_so(voc_mini, tmp_path):
+    from tests.test_voc import make_broken_tree
+
+    root, _ = make_broken_tree(voc_mini, tmp_path / "voc")
+    (root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").write_text("corrupt\nnomask\n")
+    out = tmp_path / "store"
+    run(RunConfig(out=str(out), voc_root=str(root), methods="raw_attention", **FAST))
+    result = cli.invoke(app, ["report", "--store", str(out)])
+    assert result.exit_code == 2 and "every image or method was skipped" in result.output, result.output
+
+
+def test_cli_names_only_the_filters_given(store):
+    result = cli.invoke(app, ["report", "--store", str(store), "--protocol", "clean", "--min-confidence", "1.5"])
+    assert result.exit_code == 2, result.output
+    assert "no rows match --protocol clean, --min-confidence 1.5;" in result.output and "--run" not in result.output
