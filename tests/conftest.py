@@ -39,6 +39,15 @@ def tiny_vit() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
+def both_signs_vit() -> torch.nn.Module:
+    """Seed 33: for the top-1 class of every image of ``images``, the last block has heads whose mean class-token
+    attention gradient is positive AND heads where it is negative (in ``tiny_vit``, seed 0, all are negative), and
+    with the classes ``tests.methods.helpers.PER_IMAGE_CLASSES`` every class-specific method gives a non-constant
+    map. The tests that rely on this assert it."""
+    return make_vit(seed=33)
+
+
+@pytest.fixture(scope="session")
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randn(4, 3, 64, 64, generator=g, dtype=torch.float64)

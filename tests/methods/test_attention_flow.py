@@ -9,10 +9,8 @@ nx = pytest.importorskip("networkx")
 
 from compute.capture import capture  # noqa: E402
 from compute.methods import MethodError, get_method  # noqa: E402
-from tests.methods.helpers import assert_batch_invariant, assert_well_formed  # noqa: E402
+from tests.methods.helpers import assert_batch_invariant, assert_matches_naive, assert_well_formed  # noqa: E402
 from tests.naive import grid, naive_forward  # noqa: E402
-
-ATOL = 1e-5
 
 
 def naive_attention_flow(model, image, fusion="mean", residual=0.5):
@@ -48,7 +46,7 @@ def test_matches_paper_graph_solved_by_networkx(spec, kw, tiny_vit, images):
     method = get_method(spec)
     maps = method(capture(tiny_vit, images, method.requires))
     for i in range(images.shape[0]):
-        torch.testing.assert_close(maps[i], naive_attention_flow(tiny_vit, images[i], **kw), atol=ATOL, rtol=0)
+        assert_matches_naive(maps[i], naive_attention_flow(tiny_vit, images[i], **kw), what=f"image {i}")
 
 
 def test_batch_of_four_equals_four_batches_of_one(tiny_vit, images):

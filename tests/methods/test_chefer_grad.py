@@ -6,10 +6,9 @@ import torch
 
 from compute.capture import capture
 from compute.methods import get_method
-from tests.methods.helpers import assert_batch_invariant, assert_target_sensitive, assert_well_formed
+from tests.methods.helpers import (assert_batch_invariant, assert_matches_naive, assert_target_sensitive,
+                                   assert_well_formed)
 from tests.naive import grads, grid, naive_forward
-
-ATOL = 1e-5
 
 
 def naive_chefer_grad(model, image):
@@ -33,7 +32,7 @@ def test_matches_paper_formula(tiny_vit, images):
     maps = method(capture(tiny_vit, images, method.requires))
     assert (maps.amax(dim=(1, 2)) > 0).all()
     for i in range(images.shape[0]):
-        torch.testing.assert_close(maps[i], naive_chefer_grad(tiny_vit, images[i]), atol=ATOL, rtol=0)
+        assert_matches_naive(maps[i], naive_chefer_grad(tiny_vit, images[i]), what=f"image {i}")
 
 
 def test_batch_of_four_equals_four_batches_of_one(tiny_vit, images):

@@ -1,4 +1,5 @@
-"""raw_attention, rollout, gradcam, agcam against per-image transcriptions of their papers' formulas."""
+"""raw_attention, rollout, gradcam, agcam against per-image transcriptions of their papers' formulas; and every
+class-specific registered method explaining a different class in each image of a batch."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import pytest
 import torch
 
 from compute.capture import capture
-from compute.methods import MethodError, get_method
-from tests.methods.helpers import assert_batch_invariant, assert_target_sensitive, assert_well_formed
+from compute.methods import REGISTRY, MethodError, get_method
+from tests.methods.helpers import (assert_batch_invariant, assert_matches_naive, assert_per_image_targets,
+                                   assert_target_sensitive, assert_well_formed)
 from tests.naive import grads, grid, naive_forward
-
-ATOL = 1e-5
 
 
 def _top1(out):
@@ -30,13 +30,13 @@ def naive_rollout(model, image, fusion="mean", start=0):
     n = out["attn"][0].shape[-1]
     joint = None
     for a in out["attn"][start:]:
-        fused = {"mean": a.mean(0), "max": a.max(0).values, "min": a.min(0).values}[fusion]
-        m = torch.zeros(n, n, dtype=a.dtype)
+        fused = {"mean": a.mean(0), "max": a.max(0).values, "min": a.min(0).values}[fusion].tolist()
+        rows = []
         for i in range(n):
-            row = [fused[i, j] + (1.0 if i == j else 0.0) for j in range(n)]
+            row = [fused[i][j] + (1.0 if i == j else 0.0) for j in range(n)]
             total = sum(row)
-            for j in range(n):
-                m[i, j] = row[j] / total  # each row divided by its own sum
+            rows.append([row[j] / total for j in range(n)])  # each row divided by its own sum
+        m = torch.tensor(rows, dtype=a.dtype)
         joint = m if joint is None else m @ joint
     return grid(joint[0, 1:], model)
 
@@ -46,12 +46,13 @@ def naive_gradcam(model, image):
     t = out["norm1"][-1]
     (g,) = grads(_top1(out), [t])
     n, c = t.shape
-    cam = torch.zeros(n - 1, dtype=t.dtype)
+    tv, gv = t.tolist(), g.tolist()
+    cam = [0.0] * (n - 1)
     for ch in range(c):
-        w = sum(g[p, ch] for p in range(1, n)) / (n - 1)
+        w = sum(gv[p][ch] for p in range(1, n)) / (n - 1)  # patch tokens only, not the class token
         for p in range(1, n):
-            cam[p - 1] += w * t[p, ch]
-    return grid(torch.clamp(cam, min=0), model)
+            cam[p - 1] += w * tv[p][ch]
+    return grid(torch.tensor([max(v, 0.0) for v in cam], dtype=t.dtype), model)
 
 
 def naive_agcam(model, image):
@@ -81,8 +82,7 @@ def test_matches_paper_formula(spec, naive, tiny_vit, images):
     method = get_method(spec)
     maps = method(capture(tiny_vit, images, method.requires))
     for i in range(images.shape[0]):
-        expected = naive(tiny_vit, images[i])
-        torch.testing.assert_close(maps[i], expected, atol=ATOL, rtol=0)
+        assert_matches_naive(maps[i], naive(tiny_vit, images[i]), what=f"image {i}")
 
 
 @pytest.mark.parametrize("spec", [c[0] for c in CASES])
@@ -98,6 +98,21 @@ def test_maps_are_finite_shaped_and_not_constant(spec, tiny_vit, images):
 @pytest.mark.parametrize("spec", ["gradcam", "agcam"])
 def test_class_specific_methods_depend_on_the_target(spec, tiny_vit, images):
     assert_target_sensitive(get_method(spec), tiny_vit, images)
+
+
+CLASS_SPECIFIC = sorted(name for name, cls in REGISTRY.items() if cls.class_specific)
+
+
+def test_the_class_specific_methods_are_all_here():
+    assert {"agcam", "chefer_grad", "chefer_lrp", "gradcam", "gradcam_attn", "saliency", "saw"} <= set(CLASS_SPECIFIC)
+
+
+@pytest.mark.parametrize("name", CLASS_SPECIFIC)
+def test_batch_with_a_class_per_image_equals_one_image_at_a_time(name, both_signs_vit, images):
+    """Every registered class-specific method (at its default options), on a batch whose four images each explain
+    a different class: the batch equals the images one at a time, and image 0's class would give other maps.
+    The model is ``both_signs_vit``: there even ``gradcam_attn`` and ``saw`` give every image a non-zero map."""
+    assert_per_image_targets(get_method(name), both_signs_vit, images)
 
 
 def test_agcam_uses_residual_only_gradients(tiny_vit, images):

@@ -10,13 +10,12 @@ import torch
 
 from compute.capture import capture
 from compute.methods import PREFIX_FACTORIES, REGISTRY, MethodError, get_method, parse_methods
-from tests.methods.helpers import assert_batch_invariant, assert_target_sensitive, assert_well_formed
+from tests.methods.helpers import (assert_batch_invariant, assert_matches_naive, assert_per_image_targets,
+                                   assert_target_sensitive, assert_well_formed)
 from tests.methods.test_chefer_grad import naive_chefer_grad
 from tests.methods.test_foundation_methods import naive_raw_attention, naive_rollout
 from tests.methods.test_saliency import naive_saliency
 from tests.methods.test_saw import naive_saw
-
-ATOL = 1e-5
 
 
 def normalise(values: list[list[float]]) -> list[list[float]]:
@@ -80,7 +79,7 @@ def test_matches_formula(spec, naive, tiny_vit, images):
     method = get_method(spec)
     maps = method(capture(tiny_vit, images, method.requires))
     for i in range(images.shape[0]):
-        torch.testing.assert_close(maps[i], naive(tiny_vit, images[i]), atol=ATOL, rtol=0)
+        assert_matches_naive(maps[i], naive(tiny_vit, images[i]), what=f"image {i}")
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -89,6 +88,12 @@ def test_batch_of_four_equals_four_batches_of_one(spec, tiny_vit, images):
     # mixed in a batch would differ by far more than that
     atol = 1e-7 if "*" in spec else 1e-10
     assert_batch_invariant(get_method(spec), tiny_vit, images, atol=atol)
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if get_method(s).class_specific])
+def test_batch_with_a_class_per_image_equals_one_image_at_a_time(spec, tiny_vit, images):
+    # tolerance relative to the map's spread (1 here); sqrt near 0 magnifies rounding noise as above
+    assert_per_image_targets(get_method(spec), tiny_vit, images, rel=1e-6 if "*" in spec else 1e-9)
 
 
 @pytest.mark.parametrize("spec", SPECS)

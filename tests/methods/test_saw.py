@@ -8,10 +8,9 @@ import torch
 from compute.capture import Captured, capture
 from compute.methods import MethodError, get_method
 from tests.conftest import make_vit
-from tests.methods.helpers import assert_batch_invariant, assert_target_sensitive, assert_well_formed
+from tests.methods.helpers import (assert_batch_invariant, assert_matches_naive, assert_per_image_targets,
+                                   assert_target_sensitive, assert_well_formed)
 from tests.naive import grads, grid, naive_forward
-
-ATOL = 1e-5
 
 
 def naive_saw(model, image, head_weights="grad_mean", layer_weights="uniform"):
@@ -69,13 +68,21 @@ def test_matches_formula(spec, options, which, request, images):
     method = get_method(spec)
     maps = method(capture(model, images, method.requires))
     for i in range(images.shape[0]):
-        torch.testing.assert_close(maps[i], naive_saw(model, images[i], **options), atol=ATOL, rtol=0)
+        assert_matches_naive(maps[i], naive_saw(model, images[i], **options), what=f"image {i}")
         assert maps[i].min() == 0 and maps[i].max() == 1, "min-max normalised, and not a vacuous zero map"
 
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_batch_of_four_equals_four_batches_of_one(spec, vit, images):
     assert_batch_invariant(get_method(spec), vit, images)
+
+
+@pytest.mark.parametrize("spec", SPECS[1:])
+def test_batch_with_a_class_per_image_equals_one_image_at_a_time(spec, both_signs_vit, images):
+    """The other weighting options (the default ``saw`` is in test_foundation_methods' registry-wide test), each
+    image of the batch explaining another class (with ``vit``, seed 7, one of these classes leaves an image's map
+    empty under ``grad_mean``; ``both_signs_vit`` gives every image a map)."""
+    assert_per_image_targets(get_method(spec), both_signs_vit, images)
 
 
 @pytest.mark.parametrize("spec", SPECS)
