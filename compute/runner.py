@@ -3,16 +3,18 @@
 For each batch the runner asks every method what it ``requires``, runs one capture that provides the union
 (one forward, and only the backward passes some method needs), hands the same captured tensors to every
 method, scores each map under every protocol, and commits the batch's rows as one set of part files.
-Work already committed for the same run (same config hash) is skipped, so a rerun into the same ``--out``
-neither repeats work nor duplicates rows.
+Work already committed for the same run (same config hash) is skipped, row key by row key (image, method,
+explained target, protocol: see :class:`_Done`), so a rerun into the same ``--out`` computes exactly the
+missing rows, neither repeating work nor duplicating rows.
 
 What is explained: by default one target per image (``--target``, top-1 for a classifier), one capture per
 batch. With ``explain="present"`` the ``clean`` protocol instead explains every VOC class present in the
 image (target: log-sum-exp of the logits of the ImageNet classes mapped to it, see
 :mod:`compute.data.classmap`), one row per present class; that needs one capture per distinct target set, i.e.
-capture ``r`` explains each image's ``r``-th present class (images with fewer classes sit it out), plus the
-top-1 capture when ``report`` is also asked for. ``min_confidence`` drops images whose top-1 probability is
-not above it before any capture (one gradient-free forward). ``faithfulness`` adds deletion/insertion curves
+capture ``r`` explains each image's ``r``-th present class (images with fewer classes sit it out; on a rerun,
+the ``r``-th class still missing), plus the top-1 capture when ``report`` is also asked for.
+``min_confidence`` drops images whose top-1 probability is not above it before any capture (one
+gradient-free forward). ``faithfulness`` adds deletion/insertion curves
 (:mod:`compute.metrics.faithfulness`) for every map, i.e. per capture (once per explained class with
 ``explain="present"``), timed separately in the run manifest (``timings.faithfulness_seconds``).
 """
@@ -220,10 +222,38 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
         if not 0 <= i < n:
             raise ValueError(f"bad --shard {spec!r}: need 0 <= i < n")
         return i, n
-    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")):
-        if os.environ.get(world, "1") not in ("", "1") and os.environ.get(rank):
-            return parse_shard(f"{os.environ[rank]}/{os.environ[world]}")
+    env = os.environ
+    if env.get("WORLD_SIZE", "1") not in ("", "1") and env.get("RANK"):  # torchrun
+        return parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}")
+    if env.get("SLURM_ARRAY_TASK_COUNT", "1") not in ("", "1") and env.get("SLURM_ARRAY_TASK_ID"):
+        return slurm_array_shard(env)
     return None
+
+
+def slurm_array_shard(env) -> tuple[int, int]:
+    """The shard of a SLURM array task: its position among the array's task ids, of SLURM_ARRAY_TASK_COUNT.
+
+    Array ids need not start at 0 nor be consecutive (``--array=1-4`` gives ids 1..4, ``--array=0-6:2`` gives
+    0, 2, 4, 6): the position is ``(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP``
+    (MIN 0 and STEP 1 when not set). An array that is no such range (``--array=1,5,7``, or a resubmission of
+    some tasks) has no position that SLURM tells; that is refused, with a pointer to ``--shard``."""
+    names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
+             "SLURM_ARRAY_TASK_STEP")
+    try:
+        task, count, low, high, step = (int(env[k]) if env.get(k, "") != "" else None for k in names)
+    except ValueError:
+        raise ValueError("the SLURM_ARRAY_TASK_* environment holds a value that is not a whole number: "
+                         + ", ".join(f"{k}={env.get(k)!r}" for k in names if k in env)) from None
+    low = 0 if low is None else low
+    step = 1 if step is None else step
+    pos, rest = divmod(task - low, step) if step > 0 else (-1, 1)
+    if rest or not 0 <= pos < count or (high is not None and high != low + (count - 1) * step):
+        described = ", ".join(f"{k.removeprefix('SLURM_ARRAY_TASK_')}={env[k]}" for k in names if env.get(k))
+        raise ValueError(f"cannot tell this SLURM array task's shard from its environment ({described}): the "
+                         f"array ids are not the range MIN, MIN+STEP, ... of COUNT ids (e.g. --array=1,5,7, or a "
+                         f"resubmission of single tasks); pass --shard i/n explicitly, e.g. "
+                         f"--shard \"<0-based position>/<number of shards>\"")
+    return pos, count
 
 
 def _shard_device(device: str) -> str:
@@ -271,24 +301,27 @@ class Job:
 
         self.run_id = config.run_id()
         self.writer = writer if writer is not None else StoreWriter(config.out, self.run_id)
-        self.done = self.writer.done_keys()
+        self.done = _Done(self.writer.done_keys())
         self.summary = RunSummary(run_id=self.run_id, out=str(config.out), methods=[m.key for m in self.methods])
         if cmap is None:
             self.summary.notes.append(cmap_reason)
         self.ctx = _Context(config=config, loaded=loaded, target=target, device=self.device,
                             class_names=self.class_names, cmap=cmap, writer=self.writer,
-                            images_done=self.writer.images_done(),
+                            images_done=self.writer.images_done(), done=self.done,
                             background=_Background() if background else None)
+        ident = config.identity()
         self.writer.write_manifest({
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": {**asdict(config), **config.identity(), "weights": loaded.weights,
+            "config": {**asdict(config), **ident, "weights": loaded.weights,
                        "input_size": list(loaded.input_size)},
             "versions": versions(), "methods": self.summary.methods, "class_names": list(self.class_names),
             "target": {"spec": target.spec, "kind": target.kind},
             "class_map": ({"name": cmap.name, "version": cmap.version} if cmap is not None
                           else {"unsupported": cmap_reason}),
+            # what this session chose that the run id does not fix (methods, limit, batch size, ...)
             "sessions": [{"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": self.summary.methods,
-                          "device": str(self.device), "shard": list(self.shard) if self.shard else None}],
+                          "device": str(self.device), "shard": list(self.shard) if self.shard else None,
+                          "config": {k: v for k, v in asdict(config).items() if k not in ident}}],
         })
 
     def _all_batches(self):
@@ -317,16 +350,15 @@ class Job:
         skips = [{"image_id": it["image_id"], "stage": "load", "reason": it["error"]} for it in items if it["error"]]
         good = [it for it in items if not it["error"]]
         summary.skipped += len(skips)
-        todo = _work_left(good, self.methods, config.protocols, self.done)
+        todo = _work_left(good, self.methods, config, self.ctx.cmap, self.done, self.ctx.images_done)
         # The part name says exactly what the batch computes, so a rerun that finishes part of a batch (one
         # method failed, a background commit was lost) writes new parts instead of replacing committed ones,
         # and a retried batch replaces its own.
-        work = [it["image_id"] for it in items] + summary.methods + sorted(
-            f"{i}:{','.join(m.key for m in ms)}" for i, ms in todo.items())
+        work = [it["image_id"] for it in items] + summary.methods + _work_names(todo, config)
         key = hashlib.sha1("|".join(work).encode()).hexdigest()[:16]
         if todo:
             x = batch["x"].to(self.device, non_blocking=True)
-            rows, filtered = _explain_batch(good, todo, x, self.ctx, key, skips)
+            rows, filtered = _explain_batch(good, todo, x, self.ctx, key, skips, self.methods)
             summary.images += len(todo) - filtered
             summary.skipped += filtered
             summary.rows += rows
@@ -337,8 +369,9 @@ class Job:
             summary.rows += self.ctx.background.drain(self.ctx, block=False)
 
     def close(self) -> None:
-        """Stop the background without waiting (after an error: what it had not committed is redone by a
-        rerun)."""
+        """Stop the background without waiting, after an error or an interrupt (see :meth:`_Background.close`):
+        the process can exit at once; committed work stays, what the background had not committed is redone by
+        a rerun."""
         if self.ctx.background is not None:
             self.ctx.background.close()
 
@@ -356,8 +389,9 @@ class Job:
 
 def write_report(writer: StoreWriter, summary: RunSummary, shard: tuple[int, int] | None,
                  capture_seconds: float) -> dict:
-    """Counts and timings of a finished run into its manifest, or, for a shard, into the shard's own file
-    (every shard reports on its own; the run's file keeps the shared config). Returns what was written."""
+    """Counts and timings of a finished session: appended to the run manifest's ``reports``, whose run-level
+    ``counts``/``timings`` then describe the whole run (:meth:`store.writer.StoreWriter.write_report`); a
+    shard also writes them to its own file. Returns the session's report."""
     timings = {"total_seconds": round(summary.seconds, 3), "capture_seconds": round(capture_seconds, 3),
                "faithfulness_seconds": round(summary.faithfulness_seconds, 3),
                "images_per_second": round(summary.images_per_second, 3)}
@@ -368,8 +402,9 @@ def write_report(writer: StoreWriter, summary: RunSummary, shard: tuple[int, int
               "timings": timings}
     if shard:
         writer.write_shard_report(f"shard-{shard[0]}-of-{shard[1]}", report)
-    else:
-        writer.write_manifest(report)
+    session = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": summary.methods,
+               "shard": list(shard) if shard else None, **report}
+    writer.write_report(session)
     return report
 
 
@@ -408,16 +443,96 @@ def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
         raise
 
 
-def _work_left(good: list[dict], methods: list[Method], protocols, done: set) -> dict[str, list[Method]]:
-    """image_id -> methods still missing a committed row (for any protocol). The target class is not known
-    before the forward pass, so an image counts as done for a method when any target was committed."""
-    done_pairs = {(k[0], k[1], k[3]) for k in done}
+TOP = None  # the unit of work of the ``--target`` pass (top-1 by default); a present VOC class is an ``int``
+
+
+class _Done:
+    """The committed ``(image_id, method, target_class, protocol)`` keys of a run, asked per unit of work.
+
+    A unit is what one capture explains for one image: the ``--target`` pass (:data:`TOP`), whose class is
+    only known after the forward pass (the model's top-1) but is one per image and method, so any committed
+    target counts; or, with ``explain="present"``, one present VOC class, which is known before any forward
+    (from the mask) and is matched exactly — so the class explained is part of done-ness.
+    """
+
+    def __init__(self, keys=()):
+        self.exact: set[tuple] = set()
+        self.any_target: set[tuple] = set()
+        self.add(keys)
+
+    def add(self, keys) -> None:
+        for image_id, method, target_class, protocol in keys:
+            self.exact.add((image_id, method, target_class, protocol))
+            self.any_target.add((image_id, method, protocol))
+
+    def add_rows(self, rows: list[dict]) -> None:
+        self.add((r["image_id"], r["method"], r["target_class"], r["protocol"]) for r in rows)
+
+    def has(self, image_id: str, method: str, unit, protocol: str) -> bool:
+        if unit is TOP:
+            return (image_id, method, protocol) in self.any_target
+        return (image_id, method, unit, protocol) in self.exact
+
+    def __len__(self) -> int:
+        return len(self.exact)
+
+    def __contains__(self, key) -> bool:
+        return key in self.exact
+
+
+def _top_protocols(config: RunConfig) -> list[str]:
+    """The protocols the ``--target`` pass is scored under (with ``explain="present"`` clean has passes of its
+    own, one per present class)."""
+    return [p for p in config.protocols if config.explain == "top1" or p != "clean"]
+
+
+def _units(it: dict, config: RunConfig, cmap: ClassMap | None) -> dict:
+    """unit -> the protocols it is scored under, for one image (see :class:`_Done`)."""
+    units = {}
+    top = _top_protocols(config)
+    if top:
+        units[TOP] = tuple(top)
+    if config.explain == "present":
+        for v in cmap.explainable(it["classes"]):
+            units[v] = ("clean",)
+    return units
+
+
+def _work_left(good: list[dict], methods: list[Method], config: RunConfig, cmap: ClassMap | None, done: _Done,
+               images_done: set) -> dict[str, dict]:
+    """image_id -> {unit -> {method key -> protocols still missing a committed row}}: exactly the rows a run
+    still owes, per (image, method, target, protocol). An image with nothing left but no committed ``images``
+    row is listed with no units, for that row."""
     left = {}
     for it in good:
-        missing = [m for m in methods if any((it["image_id"], m.key, p) not in done_pairs for p in protocols)]
-        if missing:
-            left[it["image_id"]] = missing
+        image_id, units = it["image_id"], {}
+        for unit, protocols in _units(it, config, cmap).items():
+            ms = {}
+            for m in methods:
+                missing = tuple(p for p in protocols if not done.has(image_id, m.key, unit, p))
+                if missing:
+                    ms[m.key] = missing
+            if ms:
+                units[unit] = ms
+        if units or image_id not in images_done:
+            left[image_id] = units
     return left
+
+
+def _work_names(todo: dict[str, dict], config: RunConfig) -> list[str]:
+    """The work of a batch as sorted strings, for its part name (for the ``--target`` pass with every protocol
+    left: ``image:method,method``, the names earlier versions gave such a batch)."""
+    top = tuple(_top_protocols(config))
+    names = []
+    for image_id, units in todo.items():
+        if not units:
+            names.append(f"{image_id}:")
+        for unit, ms in units.items():
+            tag = "" if unit is TOP else f"@{unit}"
+            full = top if unit is TOP else ("clean",)
+            names.append(f"{image_id}{tag}:" + ",".join(k if ps == full else f"{k}[{'+'.join(ps)}]"
+                                                      for k, ps in ms.items()))
+    return sorted(names)
 
 
 @dataclass
@@ -432,6 +547,7 @@ class _Context:
     cmap: ClassMap | None
     writer: StoreWriter
     images_done: set
+    done: _Done = field(default_factory=_Done)  # committed keys (those this session commits added)
     capture_seconds: float = 0.0
     faithfulness_seconds: float = 0.0
     methods_seconds: float = 0.0
@@ -458,6 +574,10 @@ class _Pass:
     rows: list[int]                 # positions in the batch's item list
     protocols: list[str]
     voc: list[int] | None = None    # VOC class explained per image (``voc_lse`` passes only)
+
+    def unit(self, j: int):
+        """The unit of work (see :class:`_Done`) of the pass's ``j``-th image."""
+        return self.voc[j] if self.voc is not None else TOP
 
 
 def check_config(config: RunConfig) -> None:
@@ -512,17 +632,14 @@ def _ground_truth(protocol: str, present: list[int], explained: int | None, voc:
     return [mapped], _name(class_names, mapped)
 
 
-def _explain_batch(good, todo, x_batch: torch.Tensor, ctx: _Context, key: str, skip_rows: list[dict]
-                   ) -> tuple[int, int]:
-    """Explain, score and commit one batch; returns (metric rows written, images dropped by the confidence
-    filter)."""
+def _explain_batch(good, todo, x_batch: torch.Tensor, ctx: _Context, key: str, skip_rows: list[dict],
+                   all_methods: list[Method]) -> tuple[int, int]:
+    """Explain, score and commit one batch's work left (``todo``, see :func:`_work_left`); returns (metric rows
+    written, images dropped by the confidence filter)."""
     config, loaded, cmap, class_names = ctx.config, ctx.loaded, ctx.cmap, ctx.class_names
     items = [it for it in good if it["image_id"] in todo]
-    methods: list[Method] = []
-    for it in items:
-        for m in todo[it["image_id"]]:
-            if m.key not in {x.key for x in methods}:
-                methods.append(m)
+    wanted = {k for units in todo.values() for ms in units.values() for k in ms}
+    methods = [m for m in all_methods if m.key in wanted]
     x = x_batch[torch.tensor([it["row"] for it in items], device=x_batch.device)]
     requires = set().union(*(m.requires for m in methods))
 
@@ -544,12 +661,14 @@ def _explain_batch(good, todo, x_batch: torch.Tensor, ctx: _Context, key: str, s
             ctx.writer.write_skips(key, skip_rows)
             return 0, filtered
 
+    # One capture per target set, for the images that still owe rows of it: the --target pass, then (present)
+    # pass r explains each image's r-th class still missing (the r-th present class in a run from scratch).
     passes: list[_Pass] = []
-    top_protocols = [p for p in config.protocols if config.explain == "top1" or p != "clean"]
-    if top_protocols:
-        passes.append(_Pass(ctx.target, list(range(len(items))), top_protocols))
+    top_rows = [i for i, it in enumerate(items) if TOP in todo[it["image_id"]]]
+    if top_rows:
+        passes.append(_Pass(ctx.target, top_rows, _top_protocols(config)))
     if config.explain == "present":
-        per_item = [cmap.explainable(it["classes"]) for it in items]
+        per_item = [[u for u in todo[it["image_id"]] if u is not TOP] for it in items]
         for r in range(max((len(v) for v in per_item), default=0)):
             rows = [i for i, v in enumerate(per_item) if len(v) > r]
             vocs = [per_item[i][r] for i in rows]
@@ -579,6 +698,7 @@ def _explain_batch(good, todo, x_batch: torch.Tensor, ctx: _Context, key: str, s
     ctx.writer.write_batch(key, {"heatmaps": heatmap_rows, "images": image_rows, "metrics": metric_rows})
     ctx.writing_seconds += time.perf_counter() - t0
     ctx.images_done.update(r["image_id"] for r in image_rows)
+    ctx.done.add_rows(metric_rows)
     return len(metric_rows), filtered
 
 
@@ -646,10 +766,13 @@ class _Later:
     jobs: dict[str, tuple[Method, Callable[[], torch.Tensor]]]
 
 
-def _finish_jobs(jobs: dict[str, tuple[Method, Callable[[], torch.Tensor]]]) -> dict:
-    """{method key: (method, map or the exception it raised, seconds)} (runs on the background thread)."""
+def _finish_jobs(jobs: dict[str, tuple[Method, Callable[[], torch.Tensor]]], stop=None) -> dict:
+    """{method key: (method, map or the exception it raised, seconds)} (runs on a background thread; once
+    ``stop`` is set it starts no further method: the result is then never committed)."""
     done = {}
     for key, (m, fn) in jobs.items():
+        if stop is not None and stop.is_set():
+            break
         t0 = time.perf_counter()
         try:
             result: torch.Tensor | Exception = fn().float()
@@ -665,18 +788,56 @@ class _Background:
 
     Results are scored and committed on the main thread, oldest first, by :meth:`drain`; at most
     ``max_pending`` passes wait (each holds its CPU inputs), beyond that the main loop waits for the oldest.
+
+    The work runs on daemon threads (not a ``ThreadPoolExecutor``, whose threads the interpreter joins at
+    exit), so that an interrupted run exits without waiting for it; see :meth:`close`.
     """
 
-    def __init__(self, max_pending: int = 3):
+    def __init__(self, max_pending: int = 3, workers: int = 2):
+        import queue
+        import threading
         from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vitlens-deferred")
         self.pending: deque = deque()
         self.max_pending = max_pending
+        self.workers = workers
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads: list = []
+        self.busy = 0  # tasks running now
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
 
     def submit(self, later: _Later) -> None:
-        self.pending.append((later, self.pool.submit(_finish_jobs, later.jobs)))
+        import threading
+        from concurrent.futures import Future
+
+        if self.stop.is_set():
+            raise RuntimeError("the background of this job was closed")
+        if len(self.threads) < self.workers:  # started on first use, as a ThreadPoolExecutor does
+            t = threading.Thread(target=self._work, name=f"vitlens-deferred-{len(self.threads)}", daemon=True)
+            t.start()
+            self.threads.append(t)
+        fut: Future = Future()
+        self.queue.put((fut, later.jobs))
+        self.pending.append((later, fut))
+
+    def _work(self) -> None:
+        while True:
+            task = self.queue.get()
+            if task is None or self.stop.is_set():
+                return
+            fut, jobs = task
+            if not fut.set_running_or_notify_cancel():
+                continue
+            with self.lock:
+                self.busy += 1
+            try:
+                fut.set_result(_finish_jobs(jobs, self.stop))
+            except BaseException as exc:  # _finish_jobs keeps a method's own errors; this is anything else
+                fut.set_exception(exc)
+            finally:
+                with self.lock:
+                    self.busy -= 1
 
     def drain(self, ctx: "_Context", block: bool) -> int:
         """Commit every finished pass (all of them when ``block``); returns the metric rows written."""
@@ -690,7 +851,31 @@ class _Background:
         return rows
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Stop without waiting: queued passes are cancelled, no further method starts, and a task still
+        running is abandoned — its thread is a daemon, and the max-flow worker processes it may be waiting
+        for (:mod:`compute.layers.maxflow`'s pools, which the interpreter would wait for at exit) are
+        terminated. Nothing committed is touched; what was pending is redone by a rerun. (An abandoned task
+        that computes in its own thread, e.g. a max-flow falling back to one process after its pool went,
+        goes on until it ends or the process exits; its result is dropped.)"""
+        self.stop.set()
+        for _, fut in self.pending:
+            fut.cancel()
+        self.pending.clear()
+        for _ in self.threads:
+            self.queue.put(None)
+        with self.lock:
+            busy = self.busy
+        if busy:
+            _terminate_max_flow_pools()
+
+
+def _terminate_max_flow_pools() -> None:
+    """Kill attention flow's max-flow worker processes, if that module was used (see :meth:`_Background.close`)."""
+    import sys
+
+    maxflow = sys.modules.get("compute.layers.maxflow")
+    if maxflow is not None:
+        maxflow.terminate_pools()
 
 
 def _checked_map(out: torch.Tensor, n: int) -> torch.Tensor:
@@ -700,10 +885,18 @@ def _checked_map(out: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
-def _method_skips(m: Method, items: list[dict], exc: BaseException) -> list[dict]:
-    """One skip row per image for a method that failed on them (the other methods' work is kept)."""
-    return [{"image_id": it["image_id"], "stage": f"method:{m.key}", "reason": f"{type(exc).__name__}: {exc}"}
-            for it in items]
+def _method_skips(m: Method, ps: _Pass, items: list[dict], todo: dict, exc: BaseException,
+                  class_names) -> list[dict]:
+    """One skip row per image of the pass that needed ``m`` when it failed (the other methods' work is kept);
+    for a present class's pass the reason names the class."""
+    rows = []
+    for j, it in enumerate(items):
+        if m.key not in todo[it["image_id"]].get(ps.unit(j), {}):
+            continue
+        what = f" (explaining {_name(class_names, ps.voc[j])})" if ps.voc is not None else ""
+        rows.append({"image_id": it["image_id"], "stage": f"method:{m.key}",
+                     "reason": f"{type(exc).__name__}: {exc}{what}"})
+    return rows
 
 
 def _commit_later(later: _Later, done: dict, ctx: "_Context") -> int:
@@ -718,12 +911,13 @@ def _commit_later(later: _Later, done: dict, ctx: "_Context") -> int:
                 raise result
             maps[key_] = (m, _checked_map(result, n), seconds / n)
         except Exception as exc:
-            skip_rows += _method_skips(m, later.pass_items, exc)
+            skip_rows += _method_skips(m, later.ps, later.pass_items, later.todo, exc, ctx.class_names)
     rows = _rows_of(later.ps, later.outputs, later.pass_items, later.todo, maps, {}, ctx, heatmap_rows)
     t0 = time.perf_counter()
     ctx.writer.write_skips(later.key, skip_rows)
     ctx.writer.write_batch(later.key, {"heatmaps": heatmap_rows, "images": [], "metrics": rows})
     ctx.writing_seconds += time.perf_counter() - t0
+    ctx.done.add_rows(rows)
     return len(rows)
 
 
@@ -737,7 +931,7 @@ def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Contex
     jobs: dict[str, tuple[Method, Callable[[], torch.Tensor]]] = {}
     defer = ctx.background is not None and not ctx.config.faithfulness
     for m in methods:
-        if not any(m in todo[it["image_id"]] for it in pass_items):
+        if not any(m.key in todo[it["image_id"]].get(ps.unit(j), {}) for j, it in enumerate(pass_items)):
             continue
         t1 = time.perf_counter()
         try:
@@ -748,7 +942,7 @@ def _score_pass(ps: _Pass, cap, items, todo, methods: list[Method], ctx: _Contex
             else:
                 out = _checked_map(m(cap).float(), len(pass_items))
         except Exception as exc:  # one failing method must not lose the others' work
-            skip_rows += _method_skips(m, pass_items, exc)
+            skip_rows += _method_skips(m, ps, pass_items, todo, exc, ctx.class_names)
             continue
         sync_device(ctx.device)
         spent = time.perf_counter() - t1
@@ -773,7 +967,8 @@ def _rows_of(ps: _Pass, outputs: _PassOutputs, pass_items, todo, maps: dict, cur
     maps_np = {key_: out.cpu().numpy() for key_, (_, out, _) in maps.items()}
     rows = []
     for j, it in enumerate(pass_items):
-        keys = [key_ for key_, (m, _, _) in maps.items() if m in todo[it["image_id"]]]
+        left = todo[it["image_id"]].get(ps.unit(j), {})  # method key -> protocols still owed
+        keys = [key_ for key_ in maps if key_ in left]
         if not keys:
             continue
         tc = outputs.target_class[j]
@@ -804,7 +999,10 @@ def _rows_of(ps: _Pass, outputs: _PassOutputs, pass_items, todo, maps: dict, cur
                 common["deletion_auc"] = float(curves[key_].deletion_auc[j])
                 common["insertion_auc"] = float(curves[key_].insertion_auc[j])
             for (protocol, _, gt_target), scored in zip(truths, per_request):
-                rows.append({**common, "protocol": protocol, "gt_target": gt_target, **scored})
+                if protocol in left[key_]:  # never a row that is already committed
+                    rows.append({**common, "protocol": protocol, "gt_target": gt_target, **scored})
+            if len(left[key_]) < len(ps.protocols):
+                continue  # the map's heatmap row was committed with its other protocols' rows
             heatmap = maps_np[key_][j]
             heatmap_rows.append({"image_id": it["image_id"], "method": m.key, "target_kind": ps.target.kind,
                                  "target_class": target_class, "height": heatmap.shape[0],

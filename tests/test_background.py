@@ -143,3 +143,75 @@ def test_rerun_that_completes_a_batch_keeps_the_rows_committed_before(voc_mini, 
     counts = dict(con.execute("SELECT method, count(*) FROM metrics GROUP BY method").fetchall())
     assert counts == {"raw_attention": 20, "flaky": 20}
     assert con.execute("SELECT count(*) FROM heatmaps").fetchone()[0] == 20
+
+
+class _Stuck(Method):
+    """A deferred method whose background part takes a minute: in this thread (``pool=False``) or, as attention
+    flow's max-flows do, in :mod:`compute.layers.maxflow`'s process pool (``pool=True``)."""
+
+    name = "stuck"
+    requires = frozenset({"attn"})
+    summary = "a long background part"
+    pool = False
+
+    def deferred(self, cap):
+        import time
+
+        def solve():
+            if _Stuck.pool:
+                from compute.layers import maxflow
+
+                maxflow._pool(2).submit(time.sleep, 60).result()
+            else:
+                time.sleep(60)
+            return torch.zeros(cap.attn[0].shape[0], *cap.grid)
+
+        return solve
+
+    def __call__(self, cap):
+        return self.deferred(cap)()
+
+
+def _interrupted(voc_mini: str, out: str, pool: str) -> None:
+    """Entry point of the child process of the test below: a run interrupted after its first batch, while the
+    background part of that batch still runs."""
+    import time
+
+    REGISTRY["stuck"] = _Stuck
+    _Stuck.pool = pool == "pool"
+
+    def interrupt(done, total):
+        time.sleep(1.0)  # the background part has started (and, with the pool, its worker process)
+        raise KeyboardInterrupt
+
+    try:
+        run(_config(voc_mini, out, methods="raw_attention,stuck", limit=2, device="cpu"), progress=interrupt)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+
+
+@pytest.mark.parametrize("where", ["thread", "pool"])
+def test_an_interrupted_run_exits_without_waiting_for_the_background(voc_mini, tmp_path, where):
+    """Ctrl-C (or any error) while a deferred method runs: the process exits at once, not when that work ends
+    (the interpreter used to join the background thread, and wait for the max-flow worker processes), and the
+    batch's committed rows stay."""
+    import time
+
+    code = "import sys; from tests.test_background import _interrupted; _interrupted(*sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(voc_mini), str(tmp_path), where], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        t0 = time.monotonic()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        waited = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert line.strip() == "interrupted"
+    assert waited < 15, f"the process took {waited:.0f} s to exit after the interrupt"
+    con = connect(tmp_path)
+    assert con.execute("SELECT method, count(*) FROM metrics GROUP BY ALL").fetchall() == [("raw_attention", 4)]

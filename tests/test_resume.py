@@ -61,3 +61,66 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(voc_mini, tmp_pat
     assert got[1] == want[1]  # heatmaps
     assert got[2] == want[2]  # images
     # a leftover of the killed batch may still lie on disk (cleaned once stale), but no reader sees it
+
+
+def _small(voc_mini, out, **kw):
+    from compute.runner import RunConfig
+
+    return RunConfig(**{**dict(out=str(out), voc_root=str(voc_mini), model="vit_tiny_patch16_224", random_init=True,
+                               methods="raw_attention", batch_size=4, num_workers=0, device="cpu", limit=4), **kw})
+
+
+def test_images_part_of_a_batch_that_never_committed_is_written_again(voc_mini, tmp_path, monkeypatch):
+    """A batch dies after its images part, before its metrics part (the commit marker); the rerun, with other
+    batches (other part names), must still write those images rows: the orphan part does not count."""
+    from compute.runner import run
+    from store.writer import StoreWriter
+
+    write = StoreWriter._write
+
+    def no_space_for_metrics(self, table, name, rows):
+        if table == "metrics":
+            raise OSError(28, "No space left on device")
+        return write(self, table, name, rows)
+
+    monkeypatch.setattr(StoreWriter, "_write", no_space_for_metrics)
+    with pytest.raises(OSError):
+        run(_small(voc_mini, tmp_path))
+    assert len(list(tmp_path.glob("images/run_id=*/part-*.parquet"))) == 1  # the orphan
+    assert StoreWriter(tmp_path, _small(voc_mini, tmp_path).run_id(), clean_orphans=False).images_done() == set()
+    monkeypatch.setattr(StoreWriter, "_write", write)
+
+    again = run(_small(voc_mini, tmp_path, batch_size=2))
+    assert again.images == 4
+    con = connect(tmp_path)
+    assert con.execute("SELECT count(*), count(DISTINCT image_id) FROM images").fetchone() == (4, 4)
+    assert con.execute("SELECT count(DISTINCT image_id) FROM metrics "
+                       "WHERE image_id NOT IN (SELECT image_id FROM images)").fetchone()[0] == 0
+
+
+def test_run_manifest_describes_the_whole_run_across_sessions(voc_mini, tmp_path):
+    """Run-level counts come from what the store holds, timings add up over sessions, methods are every
+    session's; each session keeps its own report. A rerun with nothing to do leaves the run's counts as they
+    were (it used to set them to 0 images)."""
+    import json
+
+    from compute.runner import run
+
+    first = run(_small(voc_mini, tmp_path, limit=3))
+    second = run(_small(voc_mini, tmp_path, limit=3, methods="raw_attention,rollout"))
+    third = run(_small(voc_mini, tmp_path, limit=3, methods="rollout"))
+    assert (first.rows, second.rows, third.rows, third.images, third.already_done) == (6, 6, 0, 0, 3)
+
+    con = connect(tmp_path)
+    assert con.execute("SELECT images, skipped FROM runs").fetchall() == [(3, 0)]
+    (path,) = tmp_path.glob("runs/*.json")
+    m = json.loads(path.read_text())
+    assert m["counts"] == {"images": 3, "skipped": 0, "already_done": 3, "rows": 12}
+    assert [r["counts"]["images"] for r in m["reports"]] == [3, 3, 0]
+    assert [r["counts"]["rows"] for r in m["reports"]] == [6, 6, 0]
+    assert m["timings"]["total_seconds"] == pytest.approx(sum(r["timings"]["total_seconds"] for r in m["reports"]),
+                                                          abs=0.01)
+    assert m["methods"] == ["raw_attention", "rollout"] and m["config"]["methods"] == "raw_attention,rollout"
+    assert m["created"] == m["sessions"][0]["started"] and len(m["sessions"]) == 3
+    assert [s["config"]["methods"] for s in m["sessions"]] == ["raw_attention", "raw_attention,rollout", "rollout"]
+    assert con.execute("SELECT seconds FROM runs").fetchone()[0] == pytest.approx(m["timings"]["total_seconds"])

@@ -508,6 +508,21 @@ def _shutdown_pools() -> None:
     gc.collect()  # release the pools' queues now, so that their semaphores are unlinked before exit
 
 
+def terminate_pools() -> None:
+    """Kill the worker processes of every pool now, abandoning their tasks (after an interruption: a running
+    task would otherwise hold the interpreter's exit, which joins the pools, until it ends). A caller waiting
+    on such a task gets an error; the next solve starts new pools."""
+    with _POOLS_LOCK:
+        taken = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in taken:
+        processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown forgets them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+
+
 def available_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
