@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from compute.metrics.cue import cue_scores_from_sums
 from compute.metrics import LOCALISATION_COLUMNS
-from compute.metrics.localisation import PROTOCOLS, VOID, confusion_scores
+from compute.metrics.localisation import PROTOCOLS, SPAN_LIMIT, VOID, confusion_scores
 from compute.metrics.threshold_free import THRESHOLD_FREE_COLUMNS
 
 _NBINS = 256
@@ -79,13 +79,14 @@ def _ground_truths(mask: torch.Tensor, requests: Sequence[tuple[str, list[int] |
 
 def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], device: torch.device
              ) -> torch.Tensor:
-    """``[K, H, W]`` float32: each map bilinearly upsampled to ``size``, non-finite values set to 0."""
+    """``[K, H, W]`` float32: each map, non-finite values set to 0, bilinearly upsampled to ``size``."""
     out = torch.empty((len(maps), *size), dtype=torch.float32, device=device)
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(maps):
         by_shape.setdefault(tuple(m.shape), []).append(i)
     for shape, idx in by_shape.items():
         t = torch.stack([torch.as_tensor(maps[i]) for i in idx]).to(device=device, dtype=torch.float32)
+        t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)       # before the resize, as upsample()
         if tuple(shape) != tuple(size):
             t = F.interpolate(t[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
         out[idx] = t
@@ -112,9 +113,12 @@ def score_image(maps: Sequence[torch.Tensor | np.ndarray], mask: np.ndarray | to
 
     # min-max normalisation; a constant map becomes zeros and marks no pixel
     lo, hi = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
+    wide = (hi.double() - lo.double()) > SPAN_LIMIT                     # as minmax_normalise: halve (exactly)
+    half = torch.where(wide, 0.5, 1.0).to(values.dtype)                 # x * 1.0 is exact: no sync, no branch
+    values_n, lo, hi = values * half, lo * half, hi * half
     span = hi - lo
     const = (span <= 0)[:, 0]
-    norm = torch.where(span > 0, (values - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+    norm = torch.where(span > 0, (values_n - lo) / torch.where(span > 0, span, torch.ones_like(span)),
                        torch.zeros_like(values))
     # Otsu: 256 bins over [0, 1] (values*256 is exact in float32; 1.0 goes to the last bin)
     bins = (norm * _NBINS).long().clamp_(max=_NBINS - 1)

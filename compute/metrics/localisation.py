@@ -33,13 +33,17 @@ import torch.nn.functional as F
 from skimage.filters import threshold_otsu
 
 VOID = 255
+# largest min-max span normalised directly; wider (finite) float32 ranges are halved first
+SPAN_LIMIT = float(np.finfo(np.float32).max) / 2
 PROTOCOLS = ("report", "clean")
 
 
 def upsample(heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2-D map to ``size = (H, W)`` (float32)."""
+    """Bilinear resize of a 2-D map to ``size = (H, W)`` (float32). Non-finite values of the map count as 0
+    *before* the resize: interpolated, one NaN/inf cell would otherwise spread to every output pixel whose
+    bilinear footprint touches it (a band one cell wide around it), not just to its own cell."""
     t = torch.as_tensor(np.asarray(heatmap, dtype=np.float32) if not torch.is_tensor(heatmap) else heatmap)
-    t = t.detach().float().cpu()[None, None]
+    t = torch.nan_to_num(t.detach().float().cpu(), nan=0.0, posinf=0.0, neginf=0.0)[None, None]
     if tuple(t.shape[-2:]) != tuple(size):
         t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
     return t[0, 0].numpy()
@@ -52,6 +56,10 @@ def minmax_normalise(x: np.ndarray) -> np.ndarray:
     lo, hi = float(x.min()), float(x.max())
     if hi - lo <= 0:
         return np.zeros_like(x)
+    if hi - lo > SPAN_LIMIT:
+        # a finite map whose range exceeds float32 (e.g. -3e38..3e38): x - lo would overflow to inf and the
+        # quotient to NaN; halving everything is exact and leaves the normalised values unchanged
+        x, lo, hi = x * np.float32(0.5), lo * 0.5, hi * 0.5
     return (x - lo) / (hi - lo)
 
 
