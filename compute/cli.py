@@ -44,6 +44,48 @@ def _friendly_errors(fn):
     return wrapper
 
 
+def _check_device(device: str, here: bool = True) -> str:
+    """--device as torch can use it, or a ValueError naming the choices (torch's own errors are tracebacks);
+    ``here``: also check that this machine has it (not for --backend ray, whose actors may run elsewhere)."""
+    import re
+
+    import torch
+
+    spec = device.strip().lower()
+    m = re.fullmatch(r"auto|cpu|mps|cuda(?::(\d+))?", spec)
+    if not m:
+        raise ValueError(f"unknown --device {device!r}; choose auto, cpu, cuda or cuda:<i>")
+    if not here:
+        return spec
+    if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps asked for, but this PyTorch has no usable MPS (Apple GPU) backend; "
+                         "use --device cpu or auto")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} asked for, but no CUDA device is visible; use --device cpu or auto")
+        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return spec
+
+
+def _check_out(out: Path) -> None:
+    """The store folder must be a folder (or not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder; give a folder for the store (created if "
+                         "missing; reruns resume into it)")
+
+
+def _check_file_out(path: Optional[Path], flag: str) -> None:
+    """An output file's folder must exist (checked before the work, not after it)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'out')!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first")
+
+
 @app.command()
 @_friendly_errors
 def compute(
@@ -97,6 +139,8 @@ def compute(
     backend = backend.strip().lower()
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown --backend {backend!r}; choose local or ray")
+    device = _check_device(device, here=backend == "local")
+    _check_out(out)
     if backend == "local" and ray_workers is not None:
         raise ValueError("--ray-workers applies to --backend ray")
 
@@ -210,6 +254,8 @@ def bench(
     from compute.models import load_model
     from compute.runner import resolve_device
 
+    device = _check_device(device)
+    _check_file_out(json_out, "--json")
     dev = resolve_device(device)
     chosen = parse_methods(methods)
     if not table and not end_to_end:
@@ -286,6 +332,16 @@ def report_cmd(
     from compute.report import build_report
     from store.query import StoreError, has_results
 
+    from compute.metrics.localisation import PROTOCOLS
+
+    protocol = protocol.strip() if protocol is not None else None
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ValueError(f"unknown --protocol {protocol!r}; choose {' or '.join(PROTOCOLS)} (or leave it out for "
+                         "every protocol)")
+    if min_confidence is not None and not 0.0 <= min_confidence < 1.0:
+        raise ValueError(f"--min-confidence {min_confidence} must lie in [0, 1)")
+    _check_file_out(csv, "--csv")
+    _check_file_out(markdown, "--markdown")
     if not has_results(store):
         if any(Path(store).glob("skips/run_id=*/part-*.parquet")):
             raise StoreError(f"no scored rows in {str(store)!r}: every image or method was skipped; the skips "

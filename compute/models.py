@@ -355,11 +355,15 @@ def imagenet_labels() -> list[str]:
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """Read a checkpoint as a float32 state dict (+ class names if the file carries them)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ModelError(f"weights {str(path)!r} is a folder; pass the checkpoint file itself "
+                         "(.safetensors, .pth or .pt)")
     if not path.is_file():
         raise ModelError(f"weights file {str(path)!r} does not exist")
     labels = None
+    suffix = path.suffix.lower()
     try:
-        if path.suffix == ".safetensors":
+        if suffix == ".safetensors":
             from safetensors import safe_open
             from safetensors.torch import load_file
 
@@ -368,7 +372,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
                 meta = f.metadata() or {}
             if LABELS_METADATA_KEY in meta:
                 labels = json.loads(meta[LABELS_METADATA_KEY])
-        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
             state = torch.load(str(path), map_location="cpu", weights_only=True)
             for key in ("state_dict", "model", "model_state_dict"):
                 if isinstance(state, dict) and key in state and isinstance(state[key], dict):

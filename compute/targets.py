@@ -174,6 +174,9 @@ def reference_embedding(reference: str, model: torch.nn.Module, preprocess: Call
             raise ValueError("target 'cosine:mean' needs the run's images: pass images= (preprocessed batches)")
         return mean_embedding(model, images() if callable(images) else images, batch_size)
     path = Path(reference).expanduser()
+    if not path.exists():
+        raise ValueError(f"reference {reference!r} does not exist (no such file or folder), so it is not 'mean', "
+                         f"an image file, a folder of images or an embedding file ({', '.join(EMBEDDING_SUFFIXES)})")
     if path.is_file() and path.suffix.lower() in EMBEDDING_SUFFIXES:
         try:
             if path.suffix.lower() == ".npy":
@@ -184,7 +187,9 @@ def reference_embedding(reference: str, model: torch.nn.Module, preprocess: Call
                 vec = torch.load(str(path), map_location="cpu", weights_only=True)
                 vec = vec.float() if isinstance(vec, Tensor) else None
         except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
-            raise ValueError(f"cannot read the reference embedding {str(path)!r}: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cannot read the reference embedding {str(path)!r} ({type(exc).__name__}: {first}); "
+                             "expected a tensor [K] or [M, K] saved with numpy.save or torch.save") from exc
         if vec is None or vec.ndim not in (1, 2) or vec.numel() == 0:
             raise ValueError(f"reference embedding {str(path)!r} must hold a tensor [K] or [M, K]")
         return vec if vec.ndim == 1 else torch.nn.functional.normalize(vec, dim=-1).mean(0)

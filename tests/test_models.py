@@ -211,3 +211,21 @@ def test_missing_file_and_conflicting_options(tmp_path):
     (tmp_path / "w.pth").write_bytes(b"")
     with pytest.raises(ModelError, match="not both"):
         load_model(SMALL, weights=tmp_path / "w.pth", random_init=True)
+
+
+def test_a_weights_folder_is_called_a_folder(tmp_path):
+    # before: "weights file '<folder>' does not exist", though it does (it is a folder)
+    with pytest.raises(ModelError, match="is a folder; pass the checkpoint file itself"):
+        read_state_dict(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["W.PTH", "w.SafeTensors"])
+def test_suffixes_are_case_insensitive(tmp_path, source, name):
+    # before: "unknown format" for an upper-case .PTH / .SAFETENSORS (as Windows tools may write)
+    path = tmp_path / name
+    if name.lower().endswith(".pth"):
+        torch.save(source, path)
+    else:
+        save_file(source, str(path))
+    state, _ = read_state_dict(path)
+    assert set(state) == set(source)

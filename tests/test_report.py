@@ -135,6 +135,6 @@ def test_cli_on_a_store_whose_every_image_was_skipped_says_so(voc_mini, tmp_path
 
 
 def test_cli_names_only_the_filters_given(store):
-    result = cli.invoke(app, ["report", "--store", str(store), "--protocol", "clean", "--min-confidence", "1.5"])
+    result = cli.invoke(app, ["report", "--store", str(store), "--protocol", "clean", "--min-confidence", "0.99"])
     assert result.exit_code == 2, result.output
-    assert "no rows match --protocol clean, --min-confidence 1.5;" in result.output and "--run" not in result.output
+    assert "no rows match --protocol clean, --min-confidence 0.99;" in result.output and "--run" not in result.output

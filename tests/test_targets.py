@@ -142,3 +142,19 @@ def test_every_method_runs_on_a_headless_backbone_with_a_cosine_target(backbone,
         if cls.requires <= requires:
             maps = cls()(cap)
             assert maps.shape[0] == 3 and torch.isfinite(maps).all(), name
+
+
+def test_a_missing_reference_says_it_does_not_exist(backbone, tmp_path):
+    # before: "reference '.../ref.npy' is not 'mean', an image file, ..." without saying the path is absent
+    with pytest.raises(ValueError, match=r"ref.npy' does not exist \(no such file or folder\)"):
+        reference_embedding(str(tmp_path / "ref.npy"), backbone.model, backbone.preprocess())
+
+
+def test_an_unreadable_embedding_file_gets_a_one_line_reason(backbone, tmp_path):
+    # before: torch.load's whole multi-line weights_only explanation was pasted into the error
+    path = tmp_path / "ref.pt"
+    path.write_bytes(b"not a torch file at all")
+    with pytest.raises(ValueError, match="cannot read the reference embedding") as info:
+        reference_embedding(str(path), backbone.model)
+    assert "\n" not in str(info.value)
+    assert "numpy.save or torch.save" in str(info.value)

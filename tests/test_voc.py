@@ -90,3 +90,53 @@ def test_mask_values_outside_voc_are_refused(tmp_path):
     Image.fromarray(np.full((8, 8), 42, np.uint8), mode="L").save(tmp_path / "a.png")
     with pytest.raises(SampleError, match="42"):
         load_voc_sample(tmp_path / "a.jpg", tmp_path / "a.png", "a")
+
+
+def _tree_with_list(voc_mini, tmp_path, listed: str):
+    """A copy of the real sample whose val.txt holds ``listed``."""
+    src = voc_mini / "VOCdevkit" / "VOC2012"
+    dst = tmp_path / "VOCdevkit" / "VOC2012"
+    shutil.copytree(src / "JPEGImages", dst / "JPEGImages")
+    shutil.copytree(src / "SegmentationClass", dst / "SegmentationClass")
+    (dst / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (dst / "ImageSets" / "Segmentation" / "val.txt").write_text(listed)
+    return tmp_path
+
+
+def test_an_empty_split_list_is_refused(voc_mini, tmp_path):
+    # before: an empty val.txt gave a run of 0 images that exited 0 as if it had worked
+    root = _tree_with_list(voc_mini, tmp_path, "\n\n")
+    with pytest.raises(DatasetError, match="lists no image ids"):
+        VOCSegmentation(root)
+
+
+def test_a_split_list_naming_only_missing_images_is_refused(voc_mini, tmp_path):
+    # before: every image became a skip and the run exited 0 with nothing scored
+    root = _tree_with_list(voc_mini, tmp_path, "2099_000001\n2099_000002\n")
+    with pytest.raises(DatasetError, match=r"none of the 2 image\(s\) listed in .*val.txt.* exist in .*JPEGImages"):
+        VOCSegmentation(root)
+    # one real image among missing ones: a usable split, the missing ones become per-image skips
+    real = (voc_mini / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()[0]
+    (root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").write_text(f"2099_000001\n{real}\n")
+    ds = VOCSegmentation(root)
+    with pytest.raises(SampleError, match="image file missing"):
+        ds[0]
+    assert ds[1].image_id == real
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_limit_below_one_is_refused(voc_mini, limit):
+    # before: limit=0 silently meant every image and limit=-1 dropped the last one
+    with pytest.raises(DatasetError, match="limit must be a positive number"):
+        VOCSegmentation(voc_mini, limit=limit)
+
+
+@pytest.mark.parametrize("name,content", [("val_meta.json", "{not json"), ("synthetic.json", "[1, 2]")])
+def test_a_broken_side_file_is_named(voc_mini, tmp_path, name, content):
+    # before: json's bare "Expecting property name ..." (or AttributeError on a list), naming no file
+    root = _tree_with_list(voc_mini, tmp_path, (voc_mini / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt")
+                           .read_text())
+    side = root / "VOCdevkit/VOC2012" / ("ImageSets/Segmentation/" + name if name.endswith("_meta.json") else name)
+    side.write_text(content)
+    with pytest.raises(DatasetError, match=name):
+        VOCSegmentation(root)

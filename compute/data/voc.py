@@ -90,20 +90,32 @@ class VOCSegmentation:
                  ids: list[str] | None = None):
         if split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if limit is not None and limit < 1:
+            raise DatasetError(f"limit must be a positive number of images (or None for all), not {limit!r}")
         self.root = resolve_voc_root(root)
+        list_file = None
         if ids is None:
             list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
             if not list_file.is_file():
                 raise DatasetError(f"split list {str(list_file)!r} is missing; {EXPECTED_LAYOUT}")
             ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+            if not ids:
+                raise DatasetError(f"split list {str(list_file)!r} lists no image ids (one id per line, e.g. "
+                                   f"2007_000033); {EXPECTED_LAYOUT}")
         self.split = split
         self.ids = ids[:limit] if limit else list(ids)
+        if list_file is not None and not any(self.image_path(i).is_file() for i in self.ids):
+            # every image would be a skip: the list and the folder do not belong together (wrong root/split)
+            shown = ", ".join(self.image_path(i).name for i in self.ids[:3])
+            raise DatasetError(f"none of the {len(self.ids)} image(s) listed in {str(list_file)!r} exist in "
+                               f"{str(self.root / 'JPEGImages')!r} (looked for {shown}, ...); check --voc-root and "
+                               f"--split, or restore the images; {EXPECTED_LAYOUT}")
         # optional extras of generated sets (compute.data.synthetic): per-image facts and a planted-cue mask
         meta_file = self.root / "ImageSets" / "Segmentation" / f"{split}_meta.json"
-        self.meta: dict[str, dict] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        self.meta: dict[str, dict] = _read_json(meta_file) if meta_file.is_file() else {}
         # a generated set names its own classes (index 0 = background) in its manifest
         manifest = self.root / "synthetic.json"
-        names = json.loads(manifest.read_text()).get("class_names") if manifest.is_file() else None
+        names = _read_json(manifest).get("class_names") if manifest.is_file() else None
         self.class_names: tuple[str, ...] = tuple(names) if names else VOC_CLASSES
 
     def __len__(self) -> int:
@@ -123,6 +135,17 @@ class VOCSegmentation:
             sample.extra_masks["cue"] = load_extra_mask(cue_path, sample.mask.shape)
         sample.meta = dict(self.meta.get(image_id, {}))
         return sample
+
+
+def _read_json(path: Path) -> dict:
+    """An optional JSON side file of a generated set, as a dict, or a DatasetError naming the file."""
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"cannot read {str(path)!r} ({type(exc).__name__}: {exc}); fix or remove it") from exc
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{str(path)!r} must hold a JSON object, not {type(doc).__name__}; fix or remove it")
+    return doc
 
 
 def load_extra_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
