@@ -171,17 +171,16 @@ def declare(p: Param, shared: bool = False, initial: Any = None) -> Any:
     explicit = p.key in requested and p.key in remembered
     requested.discard(p.key)
     from_link = p.key not in ss and p.key not in remembered and p.key in st.query_params
-    sources = [
-        (lambda: ss[p.key]) if p.key in ss else None,
-        (lambda: remembered[p.key]) if p.key in remembered else None,
-        (lambda: p.parse(st.query_params.get_all(p.key))) if p.key in st.query_params else None,
-    ]
-    value, used = _first_valid(p, sources + [(lambda: initial) if initial is not None else None])
-    used = None if used == len(sources) else used
+    value, used = _first_valid(p, {
+        "session": (lambda: ss[p.key]) if p.key in ss else None,
+        "remembered": (lambda: remembered[p.key]) if p.key in remembered else None,
+        "link": (lambda: p.parse(st.query_params.get_all(p.key))) if p.key in st.query_params else None,
+        "initial": (lambda: initial) if initial is not None else None,
+    })
     asked = None
-    if explicit and used != 1:
+    if explicit and used != "remembered":
         asked = remembered[p.key]
-    elif from_link and used != 2:
+    elif from_link and used != "link":
         asked = st.query_params.get_all(p.key)
     if asked is not None:
         ss.setdefault(_REJECTED, []).append((p.key, asked, value))
@@ -197,13 +196,14 @@ def rejected() -> list[tuple[str, Any, Any]]:
     return list(st.session_state.get(_REJECTED, []))
 
 
-def _first_valid(p: Param, sources) -> tuple[Any, int | None]:
-    """The first valid value of ``sources`` and its index; the default (index None) when none is."""
-    for i, source in enumerate(sources):
+def _first_valid(p: Param, sources: dict[str, Callable[[], Any] | None]) -> tuple[Any, str | None]:
+    """The first valid value of ``sources`` (name -> getter, None for an absent source, in order) and its
+    source's name; the default (name None) when none is."""
+    for name, source in sources.items():
         if source is None:
             continue
         try:
-            return p.clean(source()), i
+            return p.clean(source()), name
         except (ValueError, TypeError, KeyError):
             continue
     return (p.clean(p.default) if _valid(p, p.default) else p.default), None
