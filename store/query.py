@@ -13,7 +13,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from store.schema import COMMIT_TABLE, METRIC_COLUMNS, TABLES, decode_heatmap, empty_table  # noqa: F401 (re-export)
+from store.schema import (COMMIT_TABLE, METRIC_COLUMNS, STANDALONE_TABLES, TABLES, decode_heatmap,  # noqa: F401 (re-export)
+                          empty_table)
 
 
 class StoreError(ValueError):
@@ -43,7 +44,7 @@ def connect(store: str | Path) -> duckdb.DuckDBPyConnection:
     for table in TABLES:
         # a heatmaps/images part counts only once its batch's metrics part (the commit marker) exists
         files = sorted(str(p) for p in root.glob(f"{table}/run_id=*/part-*.parquet")
-                       if table in (COMMIT_TABLE, "skips") or (p.parent.name, p.name) in committed)
+                       if table in STANDALONE_TABLES or (p.parent.name, p.name) in committed)
         if files:
             rel = con.read_parquet(files, hive_partitioning=False, union_by_name=True)
         else:

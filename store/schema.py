@@ -97,6 +97,9 @@ SKIPS = pa.schema([
 
 TABLES: dict[str, pa.Schema] = {"metrics": METRICS, "heatmaps": HEATMAPS, "images": IMAGES, "skips": SKIPS}
 COMMIT_TABLE = "metrics"
+# tables whose parts count as soon as they exist; a part of any other table counts only beside a metrics part
+# of the same name (its batch's commit marker)
+STANDALONE_TABLES = (COMMIT_TABLE, "skips")
 THUMBNAIL_SIZE = 320
 METRIC_COLUMNS = ("iou", "f1", "pixel_accuracy", "precision", "recall")
 # A finished unit of work; a rerun skips rows whose key is already committed for the same run.

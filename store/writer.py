@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
-from store.schema import COMMIT_TABLE, RESUME_KEY, SCHEMA_VERSION, TABLES, to_table
+from store.schema import COMMIT_TABLE, RESUME_KEY, SCHEMA_VERSION, STANDALONE_TABLES, TABLES, to_table
 
 
 ORPHAN_AGE = 600.0  # seconds
@@ -72,13 +72,13 @@ class StoreWriter:
         Only leftovers older than ``ORPHAN_AGE`` seconds go: another process of the same run (a shard, an
         actor) may be between writing a batch's heatmaps part and its metrics part right now. Readers ignore
         uncommitted parts anyway (:func:`store.query.connect`), so a young leftover is never seen."""
-        committed = {p.name for p in self.part_dir(COMMIT_TABLE).glob("part-*.parquet")}
         cutoff = time.time() - ORPHAN_AGE
         removed = 0
         for table in TABLES:
             stale = [p for p in self.part_dir(table).glob(".*.tmp")]
-            if table not in (COMMIT_TABLE, "skips"):
-                stale += [p for p in self.part_dir(table).glob("part-*.parquet") if p.name not in committed]
+            if table not in STANDALONE_TABLES:
+                kept = set(self._committed_parts(table))
+                stale += [p for p in self.part_dir(table).glob("part-*.parquet") if p not in kept]
             for p in stale:
                 try:
                     if p.stat().st_mtime < cutoff:
@@ -92,7 +92,7 @@ class StoreWriter:
         """The parts of ``table`` that count: those with a ``metrics`` twin (the commit marker; every
         ``metrics`` and ``skips`` part counts), as :func:`store.query.connect` reads them."""
         parts = sorted(self.part_dir(table).glob("part-*.parquet"))
-        if table in (COMMIT_TABLE, "skips"):
+        if table in STANDALONE_TABLES:
             return parts
         committed = {p.name for p in self.part_dir(COMMIT_TABLE).glob("part-*.parquet")}
         return [p for p in parts if p.name in committed]
