@@ -28,45 +28,17 @@ stdout = Console()
 def _friendly_errors(fn):
     """Turn the project's input errors into one red line and exit code 2 (no traceback)."""
 
+    # DatasetError, MethodError, ModelError and StoreError are ValueErrors: naming them here would import torch
+    # (and every model and method) before commands that need neither, such as report
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from compute.data.voc import DatasetError
-        from compute.methods import MethodError
-        from compute.models import ModelError
-        from store.query import StoreError
-
         try:
             return fn(*args, **kwargs)
-        except (DatasetError, MethodError, ModelError, StoreError, ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
-
-
-def _check_device(device: str, here: bool = True) -> str:
-    """--device as torch can use it, or a ValueError naming the choices (torch's own errors are tracebacks);
-    ``here``: also check that this machine has it (not for --backend ray, whose actors may run elsewhere)."""
-    import re
-
-    import torch
-
-    spec = device.strip().lower()
-    m = re.fullmatch(r"auto|cpu|mps|cuda(?::(\d+))?", spec)
-    if not m:
-        raise ValueError(f"unknown --device {device!r}; choose auto, cpu, cuda or cuda:<i>")
-    if not here:
-        return spec
-    if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps asked for, but this PyTorch has no usable MPS (Apple GPU) backend; "
-                         "use --device cpu or auto")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device} asked for, but no CUDA device is visible; use --device cpu or auto")
-        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
-                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
-    return spec
 
 
 def _check_out(out: Path) -> None:
@@ -134,12 +106,14 @@ def compute(
                                                    "default: a local Ray instance for this run."),
 ):
     """Explain every image of a VOC split with every requested method and write the scores to a store."""
-    from compute.runner import RunConfig, run
+    from compute.runner import RunConfig, parse_device, resolve_device, run
 
     backend = backend.strip().lower()
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown --backend {backend!r}; choose local or ray")
-    device = _check_device(device, here=backend == "local")
+    device = parse_device(device)
+    if backend == "local":  # Ray actors may run on other machines: they resolve it there
+        resolve_device(device)
     _check_out(out)
     if backend == "local" and ray_workers is not None:
         raise ValueError("--ray-workers applies to --backend ray")
@@ -254,9 +228,8 @@ def bench(
     from compute.models import load_model
     from compute.runner import resolve_device
 
-    device = _check_device(device)
-    _check_file_out(json_out, "--json")
     dev = resolve_device(device)
+    _check_file_out(json_out, "--json")
     chosen = parse_methods(methods)
     if not table and not end_to_end:
         raise ValueError("nothing to measure: --no-table needs --end-to-end N")
@@ -331,15 +304,13 @@ def report_cmd(
     with the images behind each row and the other metric families as extra columns."""
     from compute.report import build_report
     from store.query import StoreError, has_results
-
-    from compute.metrics.localisation import PROTOCOLS
+    from store.schema import PROTOCOLS, check_min_confidence  # not compute.metrics: that would import torch
 
     protocol = protocol.strip() if protocol is not None else None
     if protocol is not None and protocol not in PROTOCOLS:
         raise ValueError(f"unknown --protocol {protocol!r}; choose {' or '.join(PROTOCOLS)} (or leave it out for "
                          "every protocol)")
-    if min_confidence is not None and not 0.0 <= min_confidence < 1.0:
-        raise ValueError(f"--min-confidence {min_confidence} must lie in [0, 1)")
+    check_min_confidence(min_confidence)
     _check_file_out(csv, "--csv")
     _check_file_out(markdown, "--markdown")
     if not has_results(store):

@@ -50,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from compute.runner import RunConfig, RunSummary, check_config, collate, parse_shard, write_report
+from compute.runner import RunConfig, RunSummary, check_config, collate, parse_device, parse_shard, write_report
 from store.writer import StoreWriter
 
 __all__ = ["run_ray"]
@@ -235,8 +235,9 @@ def _check(config: RunConfig) -> tuple[RunConfig, int, tuple[int, int] | None, l
 
     methods = [m.key for m in parse_methods(config.methods)]
     check_config(config)
-    if config.device != "auto" and config.device != "cpu" and not config.device.startswith("cuda"):
-        raise ValueError(f"unknown --device {config.device!r} for the Ray backend; use auto, cpu or cuda")
+    if parse_device(config.device) == "mps":
+        raise ValueError(f"--device {config.device!r} is not for the Ray backend (its actors ask Ray for CUDA "
+                         "GPUs); use auto, cpu or cuda")
     if config.weights is None:
         check_model_name(config.model)
     if not config.voc_root:

@@ -26,7 +26,12 @@ import io
 import json
 import os
 import platform
+import queue
+import re
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,7 +49,7 @@ from compute.metrics.batched import score_image
 from compute.metrics.faithfulness import BASELINES, deletion_insertion, probability_score, value_score
 from compute.models import LoadedModel, Preprocess, load_model
 from compute.targets import Target, resolve_target, voc_logsumexp
-from store.schema import THUMBNAIL_SIZE, encode_heatmap
+from store.schema import THUMBNAIL_SIZE, check_min_confidence, encode_heatmap
 from store.writer import StoreWriter
 
 
@@ -145,12 +150,32 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def parse_device(device: str) -> str:
+    """``--device`` normalised (auto, cpu, mps, cuda, cuda:<i>), or a ValueError naming the choices; the spelling
+    only: whether this machine has it is :func:`resolve_device`'s question."""
+    spec = device.strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", spec):
+        raise ValueError(f"unknown --device {device!r}; choose auto, cpu, cuda or cuda:<i>")
+    return spec
+
+
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
+    """The torch device ``--device`` names on this machine, or a ValueError saying what it lacks (torch's own
+    errors for these are tracebacks, or come only at the first tensor moved)."""
+    spec = parse_device(device)
+    if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is visible; use --device cpu or auto")
-    return torch.device(device)
+    if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps asked for, but this PyTorch has no usable MPS (Apple GPU) backend; "
+                         "use --device cpu or auto")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} asked for, but no CUDA device is visible; use --device cpu or auto")
+        index = torch.device(spec).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return torch.device(spec)
 
 
 class _Prepared:
@@ -301,13 +326,12 @@ class Job:
 
         self.run_id = config.run_id()
         self.writer = writer if writer is not None else StoreWriter(config.out, self.run_id)
-        self.done = _Done(self.writer.done_keys())
         self.summary = RunSummary(run_id=self.run_id, out=str(config.out), methods=[m.key for m in self.methods])
         if cmap is None:
             self.summary.notes.append(cmap_reason)
         self.ctx = _Context(config=config, loaded=loaded, target=target, device=self.device,
                             class_names=self.class_names, cmap=cmap, writer=self.writer,
-                            images_done=self.writer.images_done(), done=self.done,
+                            images_done=self.writer.images_done(), done=_Done(self.writer.done_keys()),
                             background=_Background() if background else None)
         ident = config.identity()
         self.writer.write_manifest({
@@ -350,7 +374,7 @@ class Job:
         skips = [{"image_id": it["image_id"], "stage": "load", "reason": it["error"]} for it in items if it["error"]]
         good = [it for it in items if not it["error"]]
         summary.skipped += len(skips)
-        todo = _work_left(good, self.methods, config, self.ctx.cmap, self.done, self.ctx.images_done)
+        todo = _work_left(good, self.methods, config, self.ctx.cmap, self.ctx.done, self.ctx.images_done)
         # The part name says exactly what the batch computes, so a rerun that finishes part of a batch (one
         # method failed, a background commit was lost) writes new parts instead of replacing committed ones,
         # and a retried batch replaces its own.
@@ -473,12 +497,6 @@ class _Done:
             return (image_id, method, protocol) in self.any_target
         return (image_id, method, unit, protocol) in self.exact
 
-    def __len__(self) -> int:
-        return len(self.exact)
-
-    def __contains__(self, key) -> bool:
-        return key in self.exact
-
 
 def _top_protocols(config: RunConfig) -> list[str]:
     """The protocols the ``--target`` pass is scored under (with ``explain="present"`` clean has passes of its
@@ -591,8 +609,7 @@ def check_config(config: RunConfig) -> None:
         raise ValueError(f"unknown --explain {config.explain!r}; choose top1 or present")
     if config.explain == "present" and "clean" not in config.protocols:
         raise ValueError("--explain present applies to the clean protocol; add clean to --protocol")
-    if config.min_confidence is not None and not 0.0 <= config.min_confidence < 1.0:
-        raise ValueError(f"--min-confidence {config.min_confidence} must lie in [0, 1)")
+    check_min_confidence(config.min_confidence)
     if config.faithfulness:
         if config.faithfulness_baseline not in BASELINES:
             raise ValueError(f"unknown faithfulness baseline {config.faithfulness_baseline!r}; "
@@ -794,10 +811,6 @@ class _Background:
     """
 
     def __init__(self, max_pending: int = 3, workers: int = 2):
-        import queue
-        import threading
-        from collections import deque
-
         self.pending: deque = deque()
         self.max_pending = max_pending
         self.workers = workers
@@ -808,9 +821,6 @@ class _Background:
         self.stop = threading.Event()
 
     def submit(self, later: _Later) -> None:
-        import threading
-        from concurrent.futures import Future
-
         if self.stop.is_set():
             raise RuntimeError("the background of this job was closed")
         if len(self.threads) < self.workers:  # started on first use, as a ThreadPoolExecutor does

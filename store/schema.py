@@ -17,6 +17,16 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
+# values of metrics.protocol (defined in compute.metrics.localisation, which imports them from here)
+PROTOCOLS = ("report", "clean")
+
+
+def check_min_confidence(value: float | None) -> None:
+    """A threshold on metrics.confidence (the top-1 probability; ``--min-confidence`` at compute or report
+    time) is None or in [0, 1)."""
+    if value is not None and not 0.0 <= value < 1.0:
+        raise ValueError(f"--min-confidence {value} must lie in [0, 1)")
+
 METRICS = pa.schema([
     ("run_id", pa.string()),
     ("image_id", pa.string()),

@@ -95,3 +95,16 @@ def test_report_options_are_checked_before_the_store(tmp_path, args, expected):
     assert result.exit_code == 2, result.output
     assert expected in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_report_starts_without_torch(tmp_path):
+    """`vitlens report` reads Parquet through DuckDB; it must not pay for importing torch, models and methods
+    (about 2 s), neither for its checks nor for its error handling."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from compute.cli import app; "
+            f"r = CliRunner().invoke(app, ['report', '--store', {str(tmp_path)!r}, '--protocol', 'nonsense']); "
+            "assert r.exit_code == 2, r.output; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from skimage.filters import threshold_otsu
 
+from store.schema import PROTOCOLS
+
 VOID = 255
 # largest min-max span normalised directly; wider (finite) float32 ranges are halved first
 SPAN_LIMIT = float(np.finfo(np.float32).max) / 2
-PROTOCOLS = ("report", "clean")
 
 
 def upsample(heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
