@@ -106,6 +106,8 @@ def compute(
                                                    "default: a local Ray instance for this run."),
 ):
     """Explain every image of a VOC split with every requested method and write the scores to a store."""
+    from compute.methods import check_methods_for_model, parse_methods
+    from compute.models import probe_architecture
     from compute.runner import RunConfig, parse_device, resolve_device, run
 
     backend = backend.strip().lower()
@@ -117,6 +119,9 @@ def compute(
     _check_out(out)
     if backend == "local" and ray_workers is not None:
         raise ValueError("--ray-workers applies to --backend ray")
+    probe = probe_architecture(model)  # the architecture alone, on the meta device: no weights, no download
+    if probe is not None:  # method options against the model's blocks, before any image is processed
+        check_methods_for_model(parse_methods(methods), probe)
 
     config = RunConfig(out=str(out), voc_root=str(voc_root), split=split, model=model,
                        weights=str(weights) if weights else None, random_init=random_init, img_size=img_size,

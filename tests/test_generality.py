@@ -7,8 +7,9 @@ Random weights (timm's init, with biases, norms and layer scales perturbed so th
 For each model and each method: the map has the model's own patch grid (or the input size for pixel maps), is
 finite and not constant (a rectified map may be all zero for an image on random weights, but not for every
 image), and does not depend on the other images of the batch. The methods are taken from the
-registry, so a method added later is covered without editing this file; a method may decline a model only with
-a :class:`MethodError` (its documented refusal, e.g. relevance propagation needs a linear classification head).
+registry, so a method added later is covered without editing this file. A method may decline a model only where
+:data:`REFUSALS` says so, with a :class:`MethodError`; any other refusal fails, and so does a listed refusal that
+no longer happens (the table is then out of date, or the method lost its guard).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.methods.helpers import assert_batch_invariant
 
 @dataclass
 class Case:
+    kind: str
     name: str
     img_size: int | tuple[int, int] | None
     prefix: int
@@ -36,11 +38,16 @@ class Case:
 
 
 CASES = [
-    Case("deit_tiny_distilled_patch16_224", 96, 2, (6, 6), False),  # class + distillation token
-    Case("vit_small_patch14_reg4_dinov2", 70, 5, (5, 5), True),  # class + 4 registers, 14-px patches, headless
-    Case("vit_tiny_patch16_224", (64, 112), 1, (4, 7), False),  # another, non-square input size (H != W)
+    Case("deit-distilled-96", "deit_tiny_distilled_patch16_224", 96, 2, (6, 6), False),  # class + distillation token
+    Case("dinov2-reg4-70", "vit_small_patch14_reg4_dinov2", 70, 5, (5, 5), True),  # 4 registers, 14-px, headless
+    Case("vit-tiny-64x112", "vit_tiny_patch16_224", (64, 112), 1, (4, 7), False),  # non-square input (H != W)
 ]
-IDS = ["deit-distilled-96", "dinov2-reg4-70", "vit-tiny-64x112"]
+IDS = [c.kind for c in CASES]
+# (model kind, method) -> why the method must refuse that model (a word its MethodError says)
+REFUSALS = {
+    ("deit-distilled-96", "chefer_lrp"): "distilled",  # no relevance rule for the mean of two heads
+    ("dinov2-reg4-70", "chefer_lrp"): "head",  # relevance propagation starts at a classification head
+}
 NATIVE = [  # name, prefix tokens, grid, input size, headless
     ("deit_tiny_distilled_patch16_224", 2, (14, 14), (224, 224), False),
     ("vit_small_patch14_reg4_dinov2", 5, (37, 37), (518, 518), True),
@@ -132,10 +139,12 @@ def test_every_method_has_the_models_grid_and_is_batch_invariant(case, method_na
     method = REGISTRY[method_name]()
     target = _target_for(loaded, x)  # None: a classifier's default, the top-1 logit
     expected = c.grid if method.resolution == "patch" else loaded.input_size
-    try:
-        maps = _maps(method, loaded, x, target)
-    except MethodError as exc:  # a documented refusal, e.g. relevance propagation needs a linear head
-        pytest.skip(f"{method_name} declines {c.name}: {exc}")
+    why = REFUSALS.get((c.kind, method_name))
+    if why is not None:
+        with pytest.raises(MethodError, match=why):
+            _maps(method, loaded, x, target)
+        return
+    maps = _maps(method, loaded, x, target)  # any other refusal fails
     assert maps.shape == (x.shape[0], *expected)
     assert torch.isfinite(maps).all()
     varied = [bool(m.max() > m.min()) for m in maps]
@@ -174,3 +183,8 @@ def test_distilled_output_averages_both_heads():
     tokens = m.forward_features(x)
     torch.testing.assert_close(m(x), (m.head(tokens[:, 0]) + m.head_dist(tokens[:, 1])) / 2)
     assert loaded.num_prefix_tokens == 2 and loaded.grid == (4, 4)
+
+
+def test_the_refusal_table_names_real_cases_and_methods():
+    kinds = {c.kind for c in CASES}
+    assert all(kind in kinds and method in REGISTRY for kind, method in REFUSALS), sorted(REFUSALS)

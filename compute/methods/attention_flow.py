@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from compute.layers.maxflow import available_cores, batched_layered_max_flows
-from compute.methods.base import Method, MethodError, register
-from compute.methods.rollout import FUSIONS, fuse_heads
+from compute.layers.attention import FUSIONS, fuse_heads
+from compute.methods.base import Method, MethodError, Option, register
 
 # Below this much work (sources x arcs) a process pool costs more than it saves.
 _PARALLEL_WORK = 2e7
@@ -54,20 +54,9 @@ class AttentionFlow(Method):
     requires = frozenset({"attn"})
     summary = ("attention flow: maximum flow from each patch (input layer) to the class token (last layer) "
                "through the residual-mixed, head-fused attention graph")
-    defaults = {"head_fusion": "mean", "residual": 0.5, "workers": 0}
-    execution_options = frozenset({"workers"})
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        o = self.options
-        if o["head_fusion"] not in FUSIONS:
-            raise MethodError(f"attention_flow head_fusion must be one of {FUSIONS}, not {o['head_fusion']!r}")
-        if isinstance(o["residual"], bool) or not isinstance(o["residual"], (int, float)) \
-                or not 0.0 <= float(o["residual"]) <= 1.0:
-            raise MethodError(f"attention_flow residual must be a number in [0, 1], not {o['residual']!r}")
-        o["residual"] = float(o["residual"])
-        if isinstance(o["workers"], bool) or not isinstance(o["workers"], int) or o["workers"] < 0:
-            raise MethodError(f"attention_flow workers must be an integer >= 0 (0 = automatic), not {o['workers']!r}")
+    option_specs = (Option("head_fusion", str, "mean", choices=FUSIONS),
+                    Option("residual", float, 0.5, low=0.0, high=1.0),
+                    Option("workers", int, 0, low=0, execution=True, note="0 = automatic"))
 
     def _workers(self, batch: int, sources: int, layers: int, tokens: int) -> int:
         if self.options["workers"]:

@@ -1,21 +1,110 @@
-"""The method protocol and the name registry.
+"""The method protocol, its options and the name registry.
 
 A method is a small class: a registry ``name``, the capture ``requires`` set (see :mod:`compute.capture`), a
 one-line ``summary``, and ``__call__(cap) -> [B, h, w]`` — an unnormalised, batch-independent map, at patch
 resolution (``h, w`` = the patch grid) or pixel resolution (``resolution = "pixel"``). A CPU-bound method may
-also offer ``deferred(cap)`` so that the batch job can finish it in the background. Options are keyword
-arguments of ``__init__`` and part of the method's stored name when they differ from the defaults
-(``rollout(head_fusion=max)``).
+also offer ``deferred(cap)`` so that the batch job can finish it in the background. The arithmetic lives in
+:mod:`compute.layers`; a method file names the paper, declares its options and composes the layers.
+
+Options are declared once, as :class:`Option` s in ``option_specs`` (name, type, range or choices, default), and
+are checked when a method is built from its spec, before any work: a value of the wrong type, outside its range
+or not among its choices is refused with a :class:`MethodError` naming the method, the option, the value and
+what is allowed. A range that depends on the model (``start_layer`` below the number of blocks) is checked
+against the model by :func:`check_methods_for_model` (and again on the capture, should a caller skip that).
+Options are part of the method's stored name when they differ from the defaults (``rollout(head_fusion=max)``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable
 
 from torch import Tensor
 
 from compute.capture import REQUIREMENTS, Captured
+
+
+class MethodError(ValueError):
+    """Unknown method name or bad option; the message lists what is valid."""
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What an option's range may depend on: the number of blocks and of heads, and whether there is a
+    classification head (a headless backbone's outputs are features)."""
+
+    depth: int
+    num_heads: int
+    has_head: bool
+
+    @classmethod
+    def of(cls, model) -> "ModelFacts":
+        """From a timm ViT, or anything holding one as ``.model`` (a loaded model, a capture)."""
+        vit = model.model if getattr(model, "model", None) is not None else model
+        return cls(depth=len(vit.blocks), num_heads=int(vit.blocks[0].attn.num_heads),
+                   has_head=bool(getattr(vit, "num_classes", 0)))
+
+    def describe(self) -> str:
+        return f"{self.depth} blocks, {self.num_heads} heads, {'a' if self.has_head else 'no'} classification head"
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a name"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: its name, type (``int``, ``float``, ``bool`` or ``str``), default, and what is
+    allowed — ``choices``, an inclusive range ``[low, high]``, and ``below``, a :class:`ModelFacts` field the
+    value must stay under (``below="depth"``: a block index). ``execution``: the option changes how a map is
+    computed (e.g. parallelism) but never its values, so it is not part of the stored name."""
+
+    name: str
+    kind: type
+    default: Any
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    below: str | None = None
+    execution: bool = False
+    note: str = ""
+
+    def allowed(self, facts: ModelFacts | None = None) -> str:
+        """What the option takes, in words (with the model's own bound when ``facts`` are given)."""
+        if self.choices:
+            text = "one of " + ", ".join(str(c) for c in self.choices)
+        elif self.below is not None:
+            bound = f"{self.below} - 1" if facts is None else getattr(facts, self.below) - 1
+            text = f"{_KINDS[self.kind]} from {self.low:g} to {bound}"
+        elif self.low is not None and self.high is not None:
+            text = f"{_KINDS[self.kind]} in [{self.low:g}, {self.high:g}]"
+        elif self.low is not None:
+            text = f"{_KINDS[self.kind]} >= {self.low:g}"
+        else:
+            text = _KINDS[self.kind]
+        text = f"{text} ({self.note})" if self.note else text
+        return text if facts is None else f"{text} on this model ({facts.describe()})"
+
+    def refuse(self, method: str, value, facts: ModelFacts | None = None) -> MethodError:
+        return MethodError(f"{method}: {self.name}={value!r} is not allowed; {self.name} takes "
+                           f"{self.allowed(facts)}")
+
+    def validate(self, method: str, value):
+        """The value, as its type (an integer where a number is asked becomes a float), or a MethodError."""
+        if isinstance(value, bool) != (self.kind is bool):
+            raise self.refuse(method, value)
+        if self.kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, self.kind) or (self.choices and value not in self.choices):
+            raise self.refuse(method, value)
+        # written as "not inside" so that NaN, which compares false with everything, is refused
+        if (self.low is not None and not value >= self.low) or (self.high is not None and not value <= self.high):
+            raise self.refuse(method, value)
+        return value
+
+    def check_model(self, method: str, value, facts: ModelFacts) -> None:
+        if self.below is not None and value >= getattr(facts, self.below):
+            raise self.refuse(method, value, facts)
 
 
 class Method:
@@ -24,16 +113,29 @@ class Method:
     summary: ClassVar[str]
     class_specific: ClassVar[bool] = False
     resolution: ClassVar[str] = "patch"
+    option_specs: ClassVar[tuple[Option, ...]] = ()
+    # derived from option_specs, for readers of the class (the stored name, `vitlens methods`)
     defaults: ClassVar[dict] = {}
-    # options that change how a map is computed (e.g. parallelism) but never its values: not part of the key
     execution_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {o.name: o.default for o in cls.option_specs}
+        cls.execution_options = frozenset(o.name for o in cls.option_specs if o.execution)
 
     def __init__(self, **options):
         unknown = set(options) - set(self.defaults)
         if unknown:
             raise MethodError(f"method {self.name!r} has no option(s) {sorted(unknown)}; "
                               f"options: {self.defaults or 'none'}")
-        self.options = {**self.defaults, **options}
+        self.options = {o.name: o.validate(self.name, options.get(o.name, o.default)) for o in self.option_specs}
+
+    def check_model(self, model) -> None:
+        """Refuse options whose allowed range depends on the model (a timm ViT, a loaded model, a capture or
+        :class:`ModelFacts`) and which that model does not satisfy."""
+        facts = model if isinstance(model, ModelFacts) else ModelFacts.of(model)
+        for o in self.option_specs:
+            o.check_model(self.name, self.options[o.name], facts)
 
     @property
     def key(self) -> str:
@@ -58,8 +160,14 @@ class Method:
         return f"<method {self.key}>"
 
 
-class MethodError(ValueError):
-    """Unknown method name or bad option; the message lists what is valid."""
+def check_methods_for_model(methods: Iterable[Method], model) -> None:
+    """Refuse, before any image is processed, a requested method whose options the model cannot satisfy
+    (e.g. ``rollout(start_layer=99)`` on a 12-block ViT): a :class:`MethodError` naming the method, the option,
+    the value and the model's allowed range. ``model``: a timm ViT (a shape-only one built on the meta device
+    will do), anything holding one as ``.model``, or :class:`ModelFacts`."""
+    facts = model if isinstance(model, ModelFacts) else ModelFacts.of(model)
+    for method in methods:
+        method.check_model(facts)
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -18,8 +18,7 @@ Only the class token's row of R is read, and R = (I + Ā_L) ⋯ (I + Ā_1), so t
 r ← r + r·Ā_l for l = L … 1 starting from r = e_cls: the same numbers with O(N²) instead of O(N³) work per block.
 """
 
-import torch
-
+from compute.layers.attention import class_row_product, positive_head_mean
 from compute.methods.base import Method, register
 
 
@@ -33,11 +32,7 @@ class CheferGrad(Method):
     def __call__(self, cap):
         if len(cap.attn) != len(cap.attn_grad):
             raise ValueError(f"{len(cap.attn)} attention maps but {len(cap.attn_grad)} gradients")
-        b, _, n, _ = cap.attn[0].shape
-        row = torch.zeros(b, 1, n, dtype=cap.attn[0].dtype, device=cap.attn[0].device)
-        row[:, 0, 0] = 1.0  # e_cls: the class token's row of R_0 = I
         pairs = list(zip(cap.attn, cap.attn_grad))  # block l with block l's own gradient
-        for attn, grad in reversed(pairs):  # R = (I + Ā_L) ⋯ (I + Ā_1), so its first row builds from the left
-            fused = (grad * attn).clamp(min=0).mean(dim=1)  # [B, N, N], heads averaged within each image
-            row = row + row @ fused
-        return cap.to_grid(row[:, 0, :])
+        # R = (I + Ā_L) ⋯ (I + Ā_1), heads averaged within each image
+        fused = (positive_head_mean(grad, attn) for attn, grad in reversed(pairs))
+        return cap.to_grid(class_row_product(fused, like=cap.attn[0], residual=True))

@@ -12,8 +12,7 @@ The map is returned unnormalised (the reference min-max normalises it for displa
 tokens is ``gradcam``.
 """
 
-import torch
-
+from compute.layers.attention import gradcam_row
 from compute.methods.base import Method, register
 
 
@@ -25,10 +24,5 @@ class GradCAMAttention(Method):
     class_specific = True
 
     def __call__(self, cap):
-        p = cap.num_prefix_tokens
-        attn = cap.attn[-1][:, :, 0, p:]          # [B, heads, patches]
-        grad = cap.attn_grad[-1][:, :, 0, p:]
-        weights = grad.mean(dim=-1, keepdim=True)  # one weight per image and head
-        cam = torch.relu((weights * attn).mean(dim=1))
         gh, gw = cap.grid
-        return cam.reshape(-1, gh, gw)
+        return gradcam_row(cap.attn[-1], cap.attn_grad[-1], cap.num_prefix_tokens).reshape(-1, gh, gw)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from compute.layers.maps import minmax
 from compute.methods.base import PREFIX_FACTORIES, REGISTRY, Method, MethodError, get_method
-from compute.methods.saw import minmax
 
 OPERATORS = {"*": "geometric mean", "+": "arithmetic mean"}
 USAGE = "write hybrid:<a>*<b> (geometric mean) or hybrid:<a>+<b> (arithmetic mean)"
@@ -67,6 +67,10 @@ class Hybrid(Method):
         self.class_specific = bool(first.class_specific or second.class_specific)
         self.resolution = "pixel" if "pixel" in (first.resolution, second.resolution) else "patch"
         self.summary = f"{OPERATORS[operator]} of normalised {self.parts[0].key} and {self.parts[1].key}"
+
+    def check_model(self, model) -> None:
+        for part in self.parts:
+            part.check_model(model)
 
     @property
     def key(self) -> str:

@@ -6,6 +6,7 @@ The simplest attention map (Dosovitskiy et al., ICLR 2021, Fig. 6 visualises att
 Caron et al., ICCV 2021 use the last-layer CLS attention of DINO).
 """
 
+from compute.layers.attention import fuse_heads
 from compute.methods.base import Method, register
 
 
@@ -16,4 +17,4 @@ class RawAttention(Method):
     summary = "last block's class-token attention row, head mean (class-agnostic)"
 
     def __call__(self, cap):
-        return cap.to_grid(cap.attn[-1].mean(dim=1)[:, 0, :])
+        return cap.to_grid(fuse_heads(cap.attn[-1], "mean")[:, 0, :])

@@ -36,15 +36,16 @@ softmax makes irrelevant to the output, yet which sets the weight's sign). ``gra
 wholesale, at the price of weighting each attention entry rather than each head.
 """
 
-import torch
-
-from compute.methods.base import Method, MethodError, register
+from compute.layers.attention import gradcam_row, positive_head_mean
+from compute.layers.maps import minmax
+from compute.methods.base import Method, Option, register
 
 HEAD_WEIGHTS = ("grad_mean", "grad_relu")
 LAYER_WEIGHTS = ("uniform", "linear", "last")
 
 
 def layer_weights(how: str, depth: int) -> list[float]:
+    """α^(l) for blocks l = 1 … L."""
     if how == "uniform":
         return [1.0 / depth] * depth
     if how == "linear":
@@ -52,17 +53,7 @@ def layer_weights(how: str, depth: int) -> list[float]:
         return [(l + 1) / total for l in range(depth)]
     if how == "last":
         return [0.0] * (depth - 1) + [1.0]
-    raise MethodError(f"saw layer_weights must be one of {LAYER_WEIGHTS}, not {how!r}")
-
-
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Per-image min-max normalisation of ``[B, ...]`` maps to [0, 1]; a constant map gives zeros."""
-    flat = maps.reshape(maps.shape[0], -1)
-    lo = flat.amin(dim=1, keepdim=True)
-    span = flat.amax(dim=1, keepdim=True) - lo
-    out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                      torch.zeros_like(flat))
-    return out.reshape(maps.shape)
+    raise ValueError(f"layer weights must be one of {LAYER_WEIGHTS}, not {how!r}")
 
 
 @register
@@ -71,32 +62,22 @@ class SAW(Method):
     requires = frozenset({"attn", "attn_grad"})
     summary = "self-attention weighted: sum over blocks of gradient-weighted CLS attention rows, min-max normalised"
     class_specific = True
-    defaults = {"head_weights": "grad_mean", "layer_weights": "uniform"}
+    option_specs = (Option("head_weights", str, "grad_mean", choices=HEAD_WEIGHTS),
+                    Option("layer_weights", str, "uniform", choices=LAYER_WEIGHTS))
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        if self.options["head_weights"] not in HEAD_WEIGHTS:
-            raise MethodError(f"saw head_weights must be one of {HEAD_WEIGHTS}, "
-                              f"not {self.options['head_weights']!r}")
-        if self.options["layer_weights"] not in LAYER_WEIGHTS:
-            raise MethodError(f"saw layer_weights must be one of {LAYER_WEIGHTS}, "
-                              f"not {self.options['layer_weights']!r}")
-
-    def block_map(self, attn: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """``[B, heads, P]`` class-token attention and gradient over the patches -> ``[B, P]`` A_c^(l)."""
+    def block_map(self, attn, grad, prefix: int):
+        """One block's ``[B, heads, N, N]`` attention and gradient -> ``[B, P]`` A_c^(l) over the patches."""
         if self.options["head_weights"] == "grad_mean":
-            weights = grad.mean(dim=-1, keepdim=True)
-            return torch.relu((weights * attn).mean(dim=1))
-        return (torch.relu(grad) * attn).mean(dim=1)
+            return gradcam_row(attn, grad, prefix)
+        return positive_head_mean(grad[:, :, 0, prefix:], attn[:, :, 0, prefix:])  # attention >= 0: ReLU(∇A) ⊙ A
 
     def __call__(self, cap):
-        p = cap.num_prefix_tokens
         alphas = layer_weights(self.options["layer_weights"], len(cap.attn))
         total = None
         for alpha, attn, grad in zip(alphas, cap.attn, cap.attn_grad):
             if alpha == 0.0:
                 continue
-            term = alpha * self.block_map(attn[:, :, 0, p:], grad[:, :, 0, p:])
+            term = alpha * self.block_map(attn, grad, cap.num_prefix_tokens)
             total = term if total is None else total + term
         gh, gw = cap.grid
         return minmax(total).reshape(-1, gh, gw)

@@ -1,5 +1,5 @@
-"""Shared checks every method test runs: agreement with a naive transcription relative to the map's spread,
-batch invariance (also with a different target class per image), shape/finiteness, target sensitivity."""
+"""Shared checks of the method tests: agreement with a naive transcription relative to the map's spread (each
+method's own file), and the batch and target checks of the registry-wide contract (test_contract.py)."""
 
 from __future__ import annotations
 
@@ -72,18 +72,6 @@ def assert_per_image_targets(method, model, images, classes=PER_IMAGE_CLASSES, r
             gap = float((first[i] - alone[i]).abs().max())
             assert gap > 1e-3 * s, (f"image {i}: class {classes[i]} and class {classes[0]} give the same map "
                                     f"(max |diff| = {gap:.3e}), so the classes are not told apart")
-
-
-def assert_well_formed(method, model, images):
-    maps = batched_maps(method, model, images)
-    gh, gw = model.patch_embed.grid_size
-    if method.resolution == "patch":
-        assert maps.shape == (images.shape[0], gh, gw)
-    else:
-        assert maps.shape == (images.shape[0], images.shape[2], images.shape[3])
-    assert torch.isfinite(maps).all()
-    for m in maps:
-        assert m.max() > m.min(), "map is constant on a random input"
 
 
 def assert_target_sensitive(method, model, images):

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from compute.capture import capture
 from compute.methods import MethodError, get_method
-from compute.methods.chefer_lrp import block_relevance_sums, propagate
+from compute.layers.vit_relevance import block_relevance_sums, propagate
 from compute.targets import per_image_classes, voc_logsumexp
 from tests.conftest import make_vit
-from tests.methods.helpers import assert_batch_invariant, assert_target_sensitive, assert_well_formed
+from tests.methods.helpers import assert_batch_invariant
 
 REL = 1e-5
 
@@ -77,13 +77,12 @@ def naive_forward(model, image):
                    hidden=hidden, mlp_branch=mlp_branch)
         blocks.append(rec)
     final = _norm(x, model.norm)
-    p = model.num_prefix_tokens
-    pooled = final[0] if model.global_pool == "token" else final[p:].mean(dim=0)
-    features = _norm(pooled, model.fc_norm)
+    assert model.global_pool == "token"  # the transcription covers class-token pooling only
+    features = _norm(final[0], model.fc_norm)
     logits = features @ model.head.weight.T + model.head.bias
     detached = [{key: t.detach() for key, t in rec.items()} for rec in blocks]
     return {"logits": logits, "attn": attn_maps, "blocks": detached,
-            "final": final.detach(), "pooled": pooled.detach(), "features": features.detach()}
+            "final": final.detach(), "features": features.detach()}
 
 
 # ------------------------------------------------------------------------------------------------ naive rules
@@ -165,13 +164,7 @@ def naive_relevances(model, image, members=None):
     r_features = naive_linear(out["features"][None], model.head.weight, r_out[None])[0]
     final = out["final"]
     relevance = torch.zeros_like(final)
-    if model.global_pool == "token":
-        relevance[0] = r_features
-    else:
-        p = model.num_prefix_tokens
-        patches = final.shape[0] - p
-        for n in range(p, final.shape[0]):
-            relevance[n] = final[n] / patches * _ratio(r_features, out["pooled"])
+    relevance[0] = r_features
     r_attn, totals = [None] * len(model.blocks), [None] * len(model.blocks)
     for l in reversed(range(len(model.blocks))):
         blk, rec = model.blocks[l], out["blocks"][l]
@@ -204,10 +197,8 @@ def naive_map(model, r_attn, grads, start_layer=0, row_norm=False):
             for j in range(n):
                 m[i, j] = row[j] / total
         joint = m if joint is None else m @ joint
-    p = model.num_prefix_tokens
-    row = joint[0, p:] if model.global_pool == "token" else joint[p:, p:].mean(dim=0)
     gh, gw = model.patch_embed.grid_size
-    return row.reshape(gh, gw)
+    return joint[0, model.num_prefix_tokens:].reshape(gh, gw)
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -254,11 +245,6 @@ def layerscale_vit():
 
 
 @pytest.fixture(scope="module")
-def mean_pool_vit():
-    return make_vit(global_pool="avg")
-
-
-@pytest.fixture(scope="module")
 def wide_images():
     return torch.randn(4, 3, 32, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 
@@ -290,13 +276,16 @@ def test_layerscale_model_matches_naive_transcription(layerscale_vit, images):
     _check_against_naive(layerscale_vit, images)
 
 
-def test_mean_pooled_model_matches_naive_transcription(mean_pool_vit, images):
-    _check_against_naive(mean_pool_vit, images)
+def test_mean_pooled_model_is_refused(images):
+    """vitlens admits class-token pooling only (compute.models.check_architecture), so the rules stop there."""
+    model = make_vit(global_pool="avg")
+    method = get_method("chefer_lrp")
+    with pytest.raises(MethodError, match="class token pooled"):
+        method(capture(model, images[:1], method.requires))
 
 
-@pytest.mark.parametrize("pool", ["token", "avg"])
-def test_register_tokens_and_non_square_grid_match_naive_transcription(pool, wide_images):
-    model = make_vit(img_size=(32, 64), reg_tokens=2, global_pool=pool)
+def test_register_tokens_and_non_square_grid_match_naive_transcription(wide_images):
+    model = make_vit(img_size=(32, 64), reg_tokens=2)
     _check_against_naive(model, wide_images)
     cap = capture(model, wide_images, get_method("chefer_lrp").requires)
     assert get_method("chefer_lrp")(cap).shape == (4, 2, 4)
@@ -305,7 +294,7 @@ def test_register_tokens_and_non_square_grid_match_naive_transcription(pool, wid
     assert_batch_invariant(get_method("chefer_lrp"), model, wide_images)
 
 
-@pytest.mark.parametrize("model_name", ["tiny_vit", "layerscale_vit", "mean_pool_vit"])
+@pytest.mark.parametrize("model_name", ["tiny_vit", "layerscale_vit"])
 def test_relevance_is_conserved_at_every_block_input(model_name, images, request):
     """With alpha=1/beta=0, identity rules, halved gradient×input matmuls and per-image normalised skip splits,
     every rule passes on exactly what it receives: the relevance total at each block input is, per image, the
@@ -318,18 +307,6 @@ def test_relevance_is_conserved_at_every_block_input(model_name, images, request
     if model_name == "tiny_vit":  # the transcription's totals agree
         for i in range(images.shape[0]):
             torch.testing.assert_close(sums[i], naive_for(model, images, i)[2], atol=1e-10, rtol=0)
-
-
-def test_batch_of_four_equals_four_batches_of_one(tiny_vit, images):
-    assert_batch_invariant(get_method("chefer_lrp"), tiny_vit, images)
-
-
-def test_maps_are_finite_shaped_and_not_constant(tiny_vit, images):
-    assert_well_formed(get_method("chefer_lrp"), tiny_vit, images)
-
-
-def test_map_depends_on_the_target_class(tiny_vit, images):
-    assert_target_sensitive(get_method("chefer_lrp"), tiny_vit, images)
 
 
 def test_start_layer_and_row_norm_change_the_map(tiny_vit, images):

@@ -1,4 +1,5 @@
-"""Batched relevance-propagation rules (layer-wise relevance propagation, LRP) used by :mod:`chefer_lrp`.
+"""Batched relevance-propagation rules (layer-wise relevance propagation, LRP), chained through a ViT by
+:mod:`compute.layers.vit_relevance`.
 
 Every rule maps the relevance of a layer's output to the relevance of its input(s), for a whole batch at once,
 with explicit matrix products (no autograd). Leading dimensions are batch-like; images never mix: the only
