@@ -130,7 +130,7 @@ def sample(store: str, fp: str, f: q.RowFilter, column: str, limit: int, need_co
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def failures(store: str, fp: str, f: q.RowFilter, column: str, limit: int, correct_only: bool,
-             misplaced: bool = False):
+             misplaced: bool | None = None):
     return _run(store, fp, q.failure_cases, f, column, known_columns(store, fp), limit, correct_only, misplaced)
 
 
