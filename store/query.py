@@ -78,6 +78,16 @@ def _runs_table(root: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def run_class_names(store: str | Path, run_id: str) -> list[str] | None:
+    """The names of a run's mask indices as its manifest (``runs/<run_id>.json``) records them; None when the
+    manifest is missing, unreadable or predates the field."""
+    try:
+        names = json.loads((Path(store).expanduser() / "runs" / f"{run_id}.json").read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
 def method_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None, min_confidence: float | None = None,
                    run_id: str | None = None):
     """Per method: image count and mean of each localisation metric (the report's table, as fractions)."""
