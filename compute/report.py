@@ -27,20 +27,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from store import catalogue
 from store.query import REPORT_METRICS, connect, report_per_image, report_summary
 
+# the source report's Table 1: the three columns shown with a bootstrap interval
 MAIN = ("iou", "f1", "pixel_accuracy")
 EXTRA = tuple(c for c in REPORT_METRICS if c not in MAIN)
-HEADERS = {
-    "iou": "IoU", "f1": "F1", "pixel_accuracy": "Pixel acc.", "precision": "Precision", "recall": "Recall",
-    "relevance_mass": "Rel. mass", "relevance_rank": "Rel. rank", "pointing_game": "Pointing",
-    "roc_auc": "ROC-AUC", "deletion_auc": "Deletion AUC ↓", "insertion_auc": "Insertion AUC ↑",
-    "correct": "Top-1 correct",
-}
+# the top-1 column is the model's, not a map's score, so it is not in the metric catalogue
+CORRECT_HEADER, CORRECT_SHORT = "Top-1 correct", "Top-1 ok"
+HEADERS = {**{c: catalogue.BY_NAME[c].header for c in REPORT_METRICS}, "correct": CORRECT_HEADER}
 SHORT = {  # narrow headers for a terminal
-    "precision": "Prec.", "recall": "Recall", "relevance_mass": "Mass", "relevance_rank": "Rank",
-    "pointing_game": "Point", "roc_auc": "AUC", "deletion_auc": "Del.↓", "insertion_auc": "Ins.↑",
-    "correct": "Top-1 ok",
+    **{c: catalogue.BY_NAME[c].short for c in EXTRA}, "correct": CORRECT_SHORT,
 }
 KEYS = ["run_id", "model", "protocol", "method"]
 

@@ -1,7 +1,8 @@
 """How fast does the dashboard answer a filter change on a large store? ``python -m dashboard.bench``.
 
 Builds a synthetic store (default 100 000 metric rows: 12 500 images × 4 methods × 2 protocols, with their
-heatmaps and images) written with the project's own schema (``store.schema.to_table``), then measures
+heatmaps and images) written by the batch job's own writer (``store.writer.StoreWriter``: the same parts, commit
+order and run manifest as a real run), then measures
 
 1. the store queries the pages run (cold: first call on a fresh connection; warm: repeated), and
 2. the time from a filter change to the rendered page, per page, through Streamlit's AppTest: each change
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import statistics
 import tempfile
@@ -60,18 +60,19 @@ def _pictures(rng: np.random.Generator, n: int = 16):
 
 def build_store(out: str | Path, rows: int = 100_000, parts: int = 10, seed: int = 0) -> dict:
     """Write a synthetic store of ``rows`` metric rows into ``out``; returns what was written."""
-    import pyarrow.parquet as pq
-
-    from store.schema import METRICS, encode_heatmap, to_table
+    from compute.data.voc import VOC_CLASSES
+    from store.catalogue import names
+    from store.schema import encode_heatmap
+    from store.writer import StoreWriter
 
     out = Path(out)
+    writer = StoreWriter(out, RUN_ID)
     rng = np.random.default_rng(seed)
     per_image = len(METHODS) * len(PROTOCOLS)
     n_images = max(1, rows // per_image)
     pics = _pictures(rng)
-    score_cols = [c for c in METRICS.names if c in (
-        "iou", "f1", "pixel_accuracy", "precision", "recall", "pred_area", "gt_area", "threshold",
-        "relevance_mass", "relevance_rank", "pointing_game", "roc_auc")]
+    # the families a run without faithfulness or planted cues fills
+    score_cols = names("localisation") + names("threshold_free")
     labels = ["tabby", "goldfish", "airliner", "sports car", "collie", "sorrel", "mountain bike", "seashore"]
     ids = [f"bench_{i:06d}" for i in range(n_images)]
     bounds = np.linspace(0, n_images, parts + 1).astype(int)
@@ -103,20 +104,12 @@ def build_store(out: str | Path, rows: int = 100_000, parts: int = 10, seed: int
                     for c in score_cols:
                         row[c] = float(np.clip(quality + rng.normal(0, 0.1), 0, 1))
                     metrics.append(row)
-        key = f"{p:016x}"
-        for table, rows_ in (("images", images), ("heatmaps", heatmaps), ("metrics", metrics)):
-            d = out / table / f"run_id={RUN_ID}"
-            d.mkdir(parents=True, exist_ok=True)
-            for r in rows_:
-                r["run_id"] = RUN_ID
-            pq.write_table(to_table(table, rows_), d / f"part-{key}.parquet", compression="zstd")
-    (out / "skips" / f"run_id={RUN_ID}").mkdir(parents=True, exist_ok=True)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "runs" / f"{RUN_ID}.json").write_text(json.dumps({
-        "run_id": RUN_ID, "created": "2025-01-01T00:00:00+0000", "schema_version": 1,
+        writer.write_batch(f"{p:016x}", {"images": images, "heatmaps": heatmaps, "metrics": metrics})
+    writer.write_manifest({
+        "created": "2025-01-01T00:00:00+0000", "class_names": list(VOC_CLASSES),
         "config": {"model": "vit_base_patch16_224", "weights": "synthetic", "split": "val",
                    "protocols": list(PROTOCOLS)},
-        "counts": {"images": n_images}}))
+        "counts": {"images": n_images}})
     return {"images": n_images, "rows": n_images * per_image, "heatmaps": n_images * len(METHODS),
             "bytes": sum(f.stat().st_size for f in out.rglob("*.parquet"))}
 
@@ -270,10 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--browser", action="store_true", help="also time filter changes in Chromium (/usr/bin/chromium)")
     args = ap.parse_args(argv)
 
-    import torch
     from streamlit import config as st_config
 
-    torch.set_num_threads(1)
     st_config.set_option("global.disableWidgetStateDuplicationWarning", True)
     with tempfile.TemporaryDirectory(prefix="vitlens-bench-") as tmp:
         store = args.store or Path(tmp) / "store"

@@ -177,20 +177,17 @@ def primary_rows(rows):
     return rows.drop_duplicates(["image_id", "method"]).drop(columns="_top")
 
 
-SHORT = {"iou": "IoU", "f1": "F1", "relevance_mass": "RM", "pointing_game": "PG"}
-
-
 def caption_for(row, columns, compact: bool = False) -> str:
     """Short metric caption of one cell: IoU and F1, plus relevance mass / pointing game when present
     (``compact``: two values with short names, for narrow cells)."""
-    from dashboard.metrics_info import label
+    from dashboard.metrics_info import label, short_label
 
     shown = [c for c in ("iou", "f1", "relevance_mass", "pointing_game") if c in columns][:3]
     if not shown:
         shown = list(columns[:2])
     if compact:
         shown = [c for c in shown if c != "f1"][:2]
-        return " · ".join(f"{SHORT.get(c, label(c))} {fmt(row.get(c), 2)}" for c in shown)
+        return " · ".join(f"{short_label(c)} {fmt(row.get(c), 2)}" for c in shown)
     return " · ".join(f"{label(c)} {fmt(row.get(c), 2)}" for c in shown)
 
 

@@ -130,7 +130,7 @@ def sample(store: str, fp: str, f: q.RowFilter, column: str, limit: int, need_co
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def failures(store: str, fp: str, f: q.RowFilter, column: str, limit: int, correct_only: bool,
-             misplaced: bool = False):
+             misplaced: bool | None = None):
     return _run(store, fp, q.failure_cases, f, column, known_columns(store, fp), limit, correct_only, misplaced)
 
 
@@ -186,17 +186,16 @@ def pick_heatmap(maps: dict, image_id: str, method: str, target_kind=None, targe
     return decode_heatmap(*found[0][2]) if found else None
 
 
-_THREADS_SET = False
+@st.cache_data(max_entries=64, show_spinner=False)
+def class_names(store: str, fp: str, run_id: str) -> tuple[str, ...]:
+    """The names of the run's mask indices (its manifest's ``class_names``); a run whose manifest does not
+    record them used the default data source, Pascal VOC, whose names are taken then."""
+    names = q.run_class_names(store, run_id)
+    if names is None:
+        from compute.data.voc import VOC_CLASSES  # NumPy and PIL only
 
-
-def _one_torch_thread() -> None:
-    """The server renders many small maps; one intra-op thread avoids oversubscribing a shared CPU."""
-    global _THREADS_SET
-    if not _THREADS_SET:
-        import torch
-
-        torch.set_num_threads(1)
-        _THREADS_SET = True
+        names = VOC_CLASSES
+    return tuple(names)
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
@@ -205,10 +204,8 @@ def overlay(store: str, fp: str, run_id: str, batch: tuple[str, ...], image_id: 
             style: tuple, methods: tuple[str, ...] | None = None) -> bytes:
     """JPEG of one cell: the image ``image_id`` (fetched with the other images of ``batch``, the ids on
     screen) with the map of ``method`` (None: no map) drawn in ``style`` (an OverlayStyle as a tuple)."""
-    from compute.data.voc import VOC_CLASSES
     from dashboard import overlay as ov
 
-    _one_torch_thread()
     rec = images(store, fp, run_id, batch).get(image_id)
     if rec is None or rec.get("thumbnail") is None:
         return b""
@@ -216,8 +213,9 @@ def overlay(store: str, fp: str, run_id: str, batch: tuple[str, ...], image_id: 
     if method is not None:
         heat = pick_heatmap(heatmaps(store, fp, run_id, batch, methods), image_id, method, target_kind,
                             target_class)
-    return ov.render_bytes(rec["thumbnail"], heat, rec.get("mask_png"), rec.get("cue_png"), protocol,
-                           ov.target_classes(gt_target, protocol, VOC_CLASSES), style=ov.OverlayStyle(*style))
+    classes = ov.target_classes(gt_target, protocol, class_names(store, fp, run_id))
+    return ov.render_bytes(rec["thumbnail"], heat, rec.get("mask_png"), rec.get("cue_png"), protocol, classes,
+                           style=ov.OverlayStyle(*style))
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)

@@ -3,10 +3,10 @@
 One cell = the stored JPEG thumbnail, the map (min-max normalised, coloured by a colormap, blended with a chosen
 opacity), and up to three outlines:
 
-- ground truth — the object mask of the row's protocol (``compute.metrics.localisation.ground_truth``);
+- ground truth — the object mask of the row's protocol (``store.maps.ground_truth``, the metrics' own);
 - Otsu mask — the pixels the localisation metrics count as "on": the map upsampled to the mask's full size,
-  min-max normalised and Otsu-thresholded by the very functions the metrics use (``upsample``,
-  ``minmax_normalise``, ``otsu_binarise``), then shrunk to the thumbnail;
+  min-max normalised and Otsu-thresholded as the metrics do (:mod:`store.maps`: NumPy only, so drawing never
+  loads torch), then shrunk to the thumbnail;
 - cue — the planted-cue mask (``images.cue_png``) when the image has one.
 
 Outlines are two-tone (a coloured inner band and a dark outer ring) so that they stay visible on any colormap.
@@ -22,6 +22,9 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
+
+from store import maps
+from store.schema import PROTOCOLS
 
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "hot", "greys")
 _PLOTLY_SCALES = {"jet": "Jet", "turbo": "Turbo", "viridis": "Viridis", "inferno": "Inferno", "hot": "Hot",
@@ -106,26 +109,20 @@ def outline(mask: np.ndarray, width: int = 2) -> tuple[np.ndarray, np.ndarray]:
 
 def gt_mask(mask: np.ndarray, protocol: str, classes: list[int] | None = None) -> np.ndarray:
     """The object mask a row was scored against (the metrics' own ``ground_truth``)."""
-    from compute.metrics.localisation import PROTOCOLS, ground_truth
-
     if protocol not in PROTOCOLS:
         protocol = "report"
-    gt, _ = ground_truth(mask, protocol, classes)
+    gt, _ = maps.ground_truth(mask, protocol, classes)
     return gt
 
 
 def otsu_mask(heatmap: np.ndarray, size_hw: tuple[int, int]) -> tuple[np.ndarray, float | None]:
     """The metrics' Otsu mask of a map at ``size_hw`` (the ground-truth mask's size), and its threshold."""
-    from compute.metrics.localisation import minmax_normalise, otsu_binarise, upsample
-
-    return otsu_binarise(minmax_normalise(upsample(heatmap, size_hw)))
+    return maps.otsu_binarise(maps.minmax_normalise(maps.upsample(heatmap, size_hw)))
 
 
 def normalised_map(heatmap: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """The map bilinearly upsampled to ``size_wh = (W, H)`` and min-max normalised (as the metrics do)."""
-    from compute.metrics.localisation import minmax_normalise, upsample
-
-    return minmax_normalise(upsample(heatmap, (size_wh[1], size_wh[0])))
+    return maps.minmax_normalise(maps.upsample(heatmap, (size_wh[1], size_wh[0])))
 
 
 @dataclass(frozen=True)

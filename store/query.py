@@ -13,6 +13,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from store import catalogue
+from store.catalogue import CONTEXT_COLUMNS, REPORT_METRICS  # noqa: F401 (re-export)
 from store.schema import (COMMIT_TABLE, METRIC_COLUMNS, STANDALONE_TABLES, TABLES, decode_heatmap,  # noqa: F401 (re-export)
                           empty_table)
 
@@ -76,6 +78,16 @@ def _runs_table(root: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def run_class_names(store: str | Path, run_id: str) -> list[str] | None:
+    """The names of a run's mask indices as its manifest (``runs/<run_id>.json``) records them; None when the
+    manifest is missing, unreadable or predates the field."""
+    try:
+        names = json.loads((Path(store).expanduser() / "runs" / f"{run_id}.json").read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
 def method_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None, min_confidence: float | None = None,
                    run_id: str | None = None):
     """Per method: image count and mean of each localisation metric (the report's table, as fractions)."""
@@ -91,9 +103,8 @@ def method_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None, 
 # parameter; the only identifiers put into SQL text are metric column names, and those are checked against the
 # columns the ``metrics`` view really has (:func:`metric_columns`) before use.
 
-#: numeric ``metrics`` columns that describe a row (what was explained, how sure the model was, what it cost)
-#: rather than score its map; every other numeric column is a metric the dashboard can show.
-CONTEXT_COLUMNS = ("target_class", "target_value", "pred_class", "confidence", "seconds")
+# Numeric ``metrics`` columns that describe a row rather than score its map are ``CONTEXT_COLUMNS`` (from
+# store/catalogue.py); every other numeric column is a metric the dashboard can show.
 _NUMERIC_TYPES = ("FLOAT", "DOUBLE", "REAL", "DECIMAL", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
                   "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
 
@@ -196,9 +207,15 @@ def run_facets(con: duckdb.DuckDBPyConnection, run_id: str) -> dict:
             "columns": [c for c in columns if stats[c]["count"] > 0], "stats": stats}
 
 
+def _best_first(column: str) -> str:
+    """``ORDER BY`` direction that puts the best values of ``column`` first (its catalogue direction)."""
+    return "ASC" if catalogue.lower_is_better(column) else "DESC"
+
+
 def leaderboard(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str], known: list[str]):
     """Per method: images, rows, mean of each of ``columns`` (fractions), the number of images with a defined
-    value of each (``n_<column>``) and the compute seconds per image; best mean of the first column first.
+    value of each (``n_<column>``) and the compute seconds per image; best mean of the first column first
+    (the lowest for a column whose catalogue entry says lower is better).
 
     Means are per image, as in ``vitlens report`` (:func:`report_summary`): each image first gets the mean of
     its rows (one per explained target: several with ``--explain present``), NULLs skipped, then the mean
@@ -209,7 +226,7 @@ def leaderboard(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str]
     means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)  # twice: rows, images
     counts = ", ".join(f'count({_ident(c, known)}) AS "n_{c}"' for c in columns)
     where, params = filter_sql(f, known)
-    order = f"{_ident(columns[0], known)} DESC NULLS LAST, " if columns else ""
+    order = f"{_ident(columns[0], known)} {_best_first(columns[0])} NULLS LAST, " if columns else ""
     sql = (f"WITH per_image AS (SELECT method, image_id, count(*) AS n_rows{', ' + means if means else ''}, "
            f"sum(seconds) AS seconds FROM metrics WHERE {where} GROUP BY method, image_id) "
            f"SELECT method, count(*) AS images, CAST(sum(n_rows) AS BIGINT) AS rows"
@@ -291,12 +308,15 @@ def metric_sample(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, kno
 
 
 def failure_cases(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str],
-                  limit: int = 50, correct_only: bool = False, misplaced: bool = False):
+                  limit: int = 50, correct_only: bool = False, misplaced: bool | None = None):
     """Confident rows whose map misses the object, ranked by ``score = confidence × (1 − column)``: high when
     the model is sure and the map's agreement with the object (``column``, higher is better) is low. With
     ``misplaced``, ``column`` measures the map on something it should avoid (e.g. ``cue_mass``) and
-    ``score = confidence × column``."""
+    ``score = confidence × column``; None (the default) takes it from the column's catalogue direction
+    (lower is better: misplaced)."""
     q = _ident(column, known)
+    if misplaced is None:
+        misplaced = catalogue.lower_is_better(column)
     term = q if misplaced else f"(1 - {q})"
     where, params = filter_sql(f, known)
     extra = " AND correct" if correct_only else ""
@@ -307,12 +327,19 @@ def failure_cases(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, kno
     return con.execute(sql, params + [int(limit)]).df()
 
 
-IMAGE_ORDERS = {  # name -> ORDER BY over the per-image aggregate of image_page (fixed text, never user input)
-    "image id": "image_id",
-    "worst first": "value ASC NULLS LAST, image_id",
-    "best first": "value DESC NULLS LAST, image_id",
-    "most confident first": "confidence DESC NULLS LAST, image_id",
-}
+#: the orders of :func:`image_page`; "worst" and "best" follow the metric's catalogue direction
+IMAGE_ORDERS = ("image id", "worst first", "best first", "most confident first")
+
+
+def _image_order_sql(order: str, column: str) -> str:
+    """``ORDER BY`` over image_page's per-image aggregate (fixed text, never user input)."""
+    if order == "image id":
+        return "image_id"
+    if order == "most confident first":
+        return "confidence DESC NULLS LAST, image_id"
+    best = _best_first(column)
+    direction = best if order == "best first" else {"ASC": "DESC", "DESC": "ASC"}[best]
+    return f"value {direction} NULLS LAST, image_id"
 
 
 def image_page(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str], order: str,
@@ -326,7 +353,7 @@ def image_page(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known:
     total = con.execute(f"SELECT count(DISTINCT image_id) FROM metrics WHERE {where}", params).fetchone()[0]
     df = con.execute(
         f"SELECT image_id, avg({q}) AS value, max(confidence) AS confidence FROM metrics WHERE {where} "
-        f"GROUP BY image_id ORDER BY {IMAGE_ORDERS[order]} LIMIT ? OFFSET ?",
+        f"GROUP BY image_id ORDER BY {_image_order_sql(order, column)} LIMIT ? OFFSET ?",
         params + [int(limit), int(offset)]).df()
     return df, int(total)
 
@@ -372,8 +399,7 @@ def heatmaps_for(con: duckdb.DuckDBPyConnection, run_id: str, ids: list[str], me
 
 # ---- the evaluation report (compute/report.py) ---------------------------------------------------------------
 
-REPORT_METRICS = ("iou", "f1", "pixel_accuracy", "precision", "recall", "relevance_mass", "relevance_rank",
-                  "pointing_game", "roc_auc", "deletion_auc", "insertion_auc")
+# REPORT_METRICS (the report's metric columns) come from store/catalogue.py.
 _REPORT_FILTER = ("(? IS NULL OR protocol = ?) AND (? IS NULL OR confidence > ?) AND (? IS NULL OR run_id = ?)")
 
 

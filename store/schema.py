@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from store import catalogue
+
 SCHEMA_VERSION = 1
 
 # values of metrics.protocol (defined in compute.metrics.localisation, which imports them from here)
@@ -111,7 +113,8 @@ COMMIT_TABLE = "metrics"
 # of the same name (its batch's commit marker)
 STANDALONE_TABLES = (COMMIT_TABLE, "skips")
 THUMBNAIL_SIZE = 320
-METRIC_COLUMNS = ("iou", "f1", "pixel_accuracy", "precision", "recall")
+#: the localisation columns of the report (the summary table's; see store/catalogue.py for every metric)
+METRIC_COLUMNS = catalogue.names("localisation", in_report=True)
 # A finished unit of work; a rerun skips rows whose key is already committed for the same run.
 RESUME_KEY = ("image_id", "method", "target_class", "protocol")
 

@@ -8,7 +8,7 @@ ground-truth requests (protocol + classes) together, in torch, on whatever devic
 
 - upsampling: one ``F.interpolate`` per map resolution (the same bilinear kernel as :func:`upsample`);
 - min-max normalisation and the Otsu histogram on the device; Otsu's choice of bin is then made on the CPU
-  from the ``K × 256`` counts with scikit-image's own float32 arithmetic (:func:`_otsu_thresholds`), so the
+  from the ``K × 256`` counts with scikit-image's own float32 arithmetic (:func:`store.maps.otsu_thresholds`), so the
   threshold is bit-for-bit the one ``skimage.filters.threshold_otsu`` returns;
 - confusion counts of the Otsu masks: products of ``[K, pixels]`` and ``[pixels, R]`` 0/1 matrices;
 - threshold-free metrics: one sort per map, shared by every request; tie groups are found on the sorted
@@ -31,50 +31,19 @@ import torch.nn.functional as F
 
 from compute.metrics.cue import cue_scores_from_sums
 from compute.metrics import LOCALISATION_COLUMNS
-from compute.metrics.localisation import PROTOCOLS, SPAN_LIMIT, VOID, confusion_scores
+from compute.metrics.localisation import SPAN_LIMIT, confusion_scores
 from compute.metrics.threshold_free import THRESHOLD_FREE_COLUMNS
-
-_NBINS = 256
-# Otsu bin centres as scikit-image computes them for an image spanning [0, 1]: float32 edges, midpoints.
-_EDGES = np.linspace(0.0, 1.0, _NBINS + 1, dtype=np.float32)
-_CENTERS = (_EDGES[:-1] + _EDGES[1:]) / np.float32(2.0)
+from store.maps import OTSU_BINS, ground_truth, otsu_thresholds
 
 
-def _otsu_thresholds(counts: np.ndarray) -> np.ndarray:
-    """Row-wise Otsu threshold of ``[K, 256]`` histograms of maps normalised to exactly [0, 1], with
-    ``skimage.filters.threshold_otsu``'s arithmetic (float32 counts, cumulative sums along each row)."""
-    c = counts.astype(np.float32)
-    w1 = np.cumsum(c, axis=1)
-    w2 = np.cumsum(c[:, ::-1], axis=1)[:, ::-1]
-    cm = c * _CENTERS
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m1 = np.cumsum(cm, axis=1) / w1
-        m2 = (np.cumsum(cm[:, ::-1], axis=1) / w2[:, ::-1])[:, ::-1]
-    var12 = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
-    return _CENTERS[np.argmax(var12, axis=1)]
-
-
-def _ground_truths(mask: torch.Tensor, requests: Sequence[tuple[str, list[int] | None]]
+def _ground_truths(mask: np.ndarray, requests: Sequence[tuple[str, list[int] | None]], device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[R, N]`` object masks (already restricted to valid pixels) and ``[R, N]`` valid masks, as
-    :func:`compute.metrics.localisation.ground_truth` defines them."""
-    flat = mask.reshape(-1)
-    gts, valids = [], []
-    for protocol, classes in requests:
-        if protocol == "report":
-            gt, valid = flat != 0, torch.ones_like(flat, dtype=torch.bool)
-        elif protocol == "clean":
-            valid = flat != VOID
-            if classes is None:
-                gt = flat != 0
-            else:
-                gt = torch.isin(flat, torch.tensor(list(classes), dtype=flat.dtype, device=flat.device))
-            gt = gt & valid
-        else:
-            raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-        gts.append(gt)
-        valids.append(valid)
-    return torch.stack(gts), torch.stack(valids)
+    """``[R, N]`` object masks (already restricted to valid pixels) and ``[R, N]`` valid masks on ``device``:
+    :func:`store.maps.ground_truth` of each request, the one definition of the protocols."""
+    pairs = [ground_truth(mask, protocol, classes) for protocol, classes in requests]
+    gts = np.stack([gt.reshape(-1) for gt, _ in pairs])
+    valids = np.stack([valid.reshape(-1) for _, valid in pairs])
+    return torch.from_numpy(gts).to(device), torch.from_numpy(valids).to(device)
 
 
 def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], device: torch.device
@@ -104,12 +73,12 @@ def score_image(maps: Sequence[torch.Tensor | np.ndarray], mask: np.ndarray | to
     if device is None:
         device = maps[0].device if torch.is_tensor(maps[0]) else torch.device("cpu")
     device = torch.device(device)
-    mask_t = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).to(device)
-    size = tuple(mask_t.shape)
+    mask_np = mask.cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)
+    size = tuple(mask_np.shape)
     K, R = len(maps), len(requests)
     values = _prepare(maps, size, device).reshape(K, -1)               # raw upsampled values
     N = values.shape[1]
-    gts, valids = _ground_truths(mask_t, requests)
+    gts, valids = _ground_truths(mask_np, requests, device)
 
     # min-max normalisation; a constant map becomes zeros and marks no pixel
     lo, hi = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
@@ -121,10 +90,10 @@ def score_image(maps: Sequence[torch.Tensor | np.ndarray], mask: np.ndarray | to
     norm = torch.where(span > 0, (values_n - lo) / torch.where(span > 0, span, torch.ones_like(span)),
                        torch.zeros_like(values))
     # Otsu: 256 bins over [0, 1] (values*256 is exact in float32; 1.0 goes to the last bin)
-    bins = (norm * _NBINS).long().clamp_(max=_NBINS - 1)
-    counts = torch.zeros((K, _NBINS), dtype=torch.int64, device=device).scatter_add_(
+    bins = (norm * OTSU_BINS).long().clamp_(max=OTSU_BINS - 1)
+    counts = torch.zeros((K, OTSU_BINS), dtype=torch.int64, device=device).scatter_add_(
         1, bins, torch.ones_like(bins))
-    thresholds = _otsu_thresholds(counts.cpu().numpy())                  # the one sync before the end
+    thresholds = otsu_thresholds(counts.cpu().numpy())                  # the one sync before the end
     binary = (norm > torch.from_numpy(thresholds).to(device)[:, None]) & ~const[:, None]
 
     # confusion counts, [K, R]: float32 products of 0/1 matrices are exact below 2**24 pixels

@@ -13,7 +13,8 @@ Undefined ratios (e.g. IoU when neither map nor mask has a positive pixel, recal
 returned as ``None`` and stored as NULL, so that averages skip them instead of inventing a value; precision
 with no positive prediction is 0 (nothing found is not precise).
 
-Ground truth per protocol (:func:`ground_truth`):
+Ground truth per protocol (:func:`ground_truth`, defined once in :mod:`store.maps` for compute and the
+dashboard alike):
 
 - ``report`` — the source report's reading: every non-background pixel is object, and VOC's void band (255)
   is not excluded, so it counts as object as a ``mask > 0`` (or ``mask != 0``) test on the class-index PNG
@@ -32,11 +33,8 @@ import torch
 import torch.nn.functional as F
 from skimage.filters import threshold_otsu
 
-from store.schema import PROTOCOLS
-
-VOID = 255
-# largest min-max span normalised directly; wider (finite) float32 ranges are halved first
-SPAN_LIMIT = float(np.finfo(np.float32).max) / 2
+from store.maps import SPAN_LIMIT, VOID, ground_truth, minmax_normalise  # noqa: F401 (the metrics' own names)
+from store.schema import PROTOCOLS  # noqa: F401 (re-export)
 
 
 def upsample(heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -50,38 +48,12 @@ def upsample(heatmap: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.nd
     return t[0, 0].numpy()
 
 
-def minmax_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(x)):
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(x.min()), float(x.max())
-    if hi - lo <= 0:
-        return np.zeros_like(x)
-    if hi - lo > SPAN_LIMIT:
-        # a finite map whose range exceeds float32 (e.g. -3e38..3e38): x - lo would overflow to inf and the
-        # quotient to NaN; halving everything is exact and leaves the normalised values unchanged
-        x, lo, hi = x * np.float32(0.5), lo * 0.5, hi * 0.5
-    return (x - lo) / (hi - lo)
-
-
 def otsu_binarise(normalised: np.ndarray) -> tuple[np.ndarray, float | None]:
     """Boolean map of pixels above Otsu's threshold, and the threshold (None for a constant map)."""
     if float(normalised.max()) <= float(normalised.min()):
         return np.zeros(normalised.shape, dtype=bool), None
     t = float(threshold_otsu(normalised, nbins=256))
     return normalised > t, t
-
-
-def ground_truth(mask: np.ndarray, protocol: str, classes: list[int] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(object mask, valid-pixel mask) for a VOC class-index mask under ``protocol``."""
-    if protocol == "report":
-        return mask != 0, np.ones(mask.shape, dtype=bool)
-    if protocol == "clean":
-        valid = mask != VOID
-        gt = np.isin(mask, list(classes)) if classes is not None else (mask != 0) & valid
-        return gt & valid, valid
-    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
 def confusion(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> tuple[int, int, int, int]:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from dashboard import common, data
 from dashboard import urlstate as us
-from dashboard.metrics_info import MISPLACEMENT, failure_formula, failure_score_columns, label, meaning
+from dashboard.metrics_info import failure_formula, failure_score_columns, label, meaning
 
 view = common.page_view()
 st.title("Failure cases")
@@ -32,11 +32,10 @@ elif common.need_methods(view):
     with c3:
         us.declare(us.choice("fc_n", [25, 50, 100, 200], 50))
         n = st.selectbox("Show", [25, 50, 100, 200], key="fc_n", format_func=lambda k: f"top {k}")
-    misplaced = metric in MISPLACEMENT
     st.markdown(f"**score = {failure_formula(metric)}** — {meaning(metric)}. Highest first; the sidebar's "
                 "filters (confidence range, classes, …) apply.")
-    cases = data.failures(view.store, view.fp, view.filter, metric, int(n), bool(correct_only and correct_known),
-                          misplaced)
+    # the score's form (1 − column, or the column) follows the metric's catalogue direction
+    cases = data.failures(view.store, view.fp, view.filter, metric, int(n), bool(correct_only and correct_known))
     if cases.empty:
         common.empty_result("confident rows with a defined score")
     else:

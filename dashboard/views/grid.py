@@ -45,8 +45,7 @@ if common.need_methods(view):
         methods = tuple(view.methods)
         rows = common.primary_rows(data.rows_for_images(view.store, view.fp, view.filter, ids))
         by_cell = {(r["image_id"], r["method"]): r for r in rows.to_dict("records")}
-        short = " · RM = relevance mass" if len(methods) > 5 and "relevance_mass" in view.columns else ""
-        st.caption(f"{total:,} images · page {page_no} of {pages} · {LEGEND}{short}")
+        st.caption(f"{total:,} images · page {page_no} of {pages} · {LEGEND}")
 
         header = st.columns([1] + [1] * len(methods))
         header[0].markdown("**image**")
