@@ -176,9 +176,15 @@ def list_models(pattern: str = typer.Argument("*", help="Glob over timm names, e
 def download_voc_cmd(
     to: Path = typer.Option(Path("data/voc"), "--to", help="Folder to hold VOCdevkit/VOC2012."),
     keep_archive: bool = typer.Option(False, help="Keep the 2 GB tar after extracting."),
+    url: Optional[str] = typer.Option(None, "--url", envvar="VITLENS_VOC_URL",
+                                      help="Archive URL, for mirrors and testing (default: the official one)."),
+    md5: Optional[str] = typer.Option(None, "--md5", envvar="VITLENS_VOC_MD5",
+                                      help="Expected MD5 of the archive at --url, for mirrors and testing "
+                                           "(default: the official archive's)."),
 ):
-    """Download Pascal VOC 2012 trainval (official archive, MD5-verified) and extract it (needs internet)."""
-    from compute.data.voc import download_voc
+    """Download Pascal VOC 2012 trainval (official archive, MD5-verified) and extract it (needs internet).
+    An interrupted download continues where it stopped when the command is run again."""
+    from compute.data.voc import VOC2012_MD5, VOC2012_URL, download_voc
 
     with Progress(TextColumn("[bold]downloading"), BarColumn(), TextColumn("{task.fields[mb]}"),
                   console=console) as bar:
@@ -187,7 +193,8 @@ def download_voc_cmd(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total or None, mb=f"{done / 1e6:.0f} MB")
 
-        root = download_voc(to, keep_archive=keep_archive, progress=progress)
+        root = download_voc(to, url=url or VOC2012_URL, md5=(md5 or VOC2012_MD5).strip().lower(),
+                            keep_archive=keep_archive, progress=progress)
     stdout.print(f"VOC 2012 ready at {root}; use --voc-root {to}")
 
 

@@ -17,8 +17,14 @@ Optional extras, read when present (generated sets such as :mod:`compute.data.sy
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import os
+import shutil
 import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,35 +199,87 @@ def download_voc(to: str | Path, url: str = VOC2012_URL, md5: str = VOC2012_MD5,
     """Download the official VOC 2012 trainval archive, verify its MD5 and extract it under ``to``.
 
     Returns the ``VOC2012`` folder. ``progress(done_bytes, total_bytes)`` is called while downloading.
-    Extraction refuses members that would land outside ``to``.
+    An interrupted download leaves ``<archive>.part``; the next call continues it with an HTTP Range request
+    (2 GB need not start over). The archive is extracted into a temporary folder beside the target and moved
+    into place only once complete, so a failure leaves no half-extracted tree. Members that would land outside
+    ``to`` are refused.
     """
     to = Path(to).expanduser()
     to.mkdir(parents=True, exist_ok=True)
-    archive = to / Path(url).name
+    archive = to / Path(urllib.parse.urlparse(url).path).name
     if not (archive.is_file() and _md5(archive) == md5):
-        partial = archive.with_suffix(".tar.part")
-        with urllib.request.urlopen(url) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+        partial = archive.with_name(archive.name + ".part")
+        _fetch(url, partial, progress)
         got = _md5(partial)
         if got != md5:
             partial.unlink(missing_ok=True)
-            raise DatasetError(f"checksum mismatch for {url}: got md5 {got}, expected {md5}; try again")
+            raise DatasetError(f"checksum mismatch for {url}: expected md5 {md5}, got {got}. The download was "
+                               "corrupt or is not the VOC 2012 trainval archive; it was deleted, so run the "
+                               "command again to download it afresh (a mirror must serve the same file)")
         partial.rename(archive)
-    with tarfile.open(archive) as tar:
-        base = to.resolve()
-        for member in tar.getmembers():
-            if not (base / member.name).resolve().is_relative_to(base):
-                raise DatasetError(f"refusing archive member outside the target folder: {member.name}")
-        tar.extractall(to)
+    _extract(archive, to)
     if not keep_archive:
         archive.unlink()
     return resolve_voc_root(to)
+
+
+def _fetch(url: str, partial: Path, progress=None, chunk_size: int = 1 << 20) -> None:
+    """Download ``url`` into ``partial``, continuing from the bytes already there where the server honours a
+    Range request (206); a server that answers 200 sends the whole file, which then replaces them."""
+    have = partial.stat().st_size if partial.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            resumed = have > 0 and response.status == 206 and \
+                response.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+            done = have if resumed else 0
+            length = response.headers.get("Content-Length")
+            total = done + int(length) if length else 0  # 0: unknown
+            with open(partial, "ab" if resumed else "wb") as out:
+                while chunk := response.read(chunk_size):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            if total and done < total:  # the server closed the connection early without an error
+                raise http.client.IncompleteRead(b"", total - done)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing after the bytes we have: the file is complete; the MD5 decides
+            return
+        raise DatasetError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        got = partial.stat().st_size if partial.is_file() else 0
+        raise DatasetError(f"download of {url} interrupted after {got / 1e6:.1f} MB ({type(exc).__name__}: "
+                           f"{exc}); run the same command again to continue from {str(partial)!r}") from exc
+
+
+def _extract(archive: Path, to: Path) -> None:
+    """Extract ``archive`` into a temporary folder inside ``to``, then move its top-level entries into ``to``."""
+    base = to.resolve()
+    staging = Path(tempfile.mkdtemp(prefix=".extracting-", dir=to))
+    try:
+        try:
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    if not (base / member.name).resolve().is_relative_to(base):
+                        raise DatasetError(f"refusing archive member outside the target folder: {member.name}")
+                tar.extractall(staging, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise DatasetError(f"cannot extract {str(archive)!r} ({type(exc).__name__}: {exc}); nothing was "
+                               "extracted. Delete the archive and download it again") from exc
+        for entry in staging.iterdir():
+            _move_into(entry, to / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, merging folders that exist already (e.g. a VOCdevkit holding VOC2007)."""
+    if dst.is_dir() and src.is_dir():
+        for child in src.iterdir():
+            _move_into(child, dst / child.name)
+    else:
+        os.replace(src, dst)
 
 
 def _md5(path: Path) -> str:
