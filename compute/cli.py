@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,20 +43,54 @@ def _friendly_errors(fn):
 
 
 def _check_out(out: Path) -> None:
-    """The store folder must be a folder (or not exist yet)."""
+    """The store folder must be a folder (or not exist yet) that this process can create and write."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder; give a folder for the store (created if "
                          "missing; reruns resume into it)")
+    _check_writable(out, "--out", out)
 
 
 def _check_file_out(path: Optional[Path], flag: str) -> None:
-    """An output file's folder must exist (checked before the work, not after it)."""
+    """An output file's folder must exist and be writable (checked before the work, not after it)."""
     if path is None:
         return
     if path.is_dir():
         raise ValueError(f"{flag} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'out')!r}")
-    if not path.parent.is_dir():
+    if not path.parent.exists():
         raise ValueError(f"{flag} {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first")
+    _check_writable(path.parent, flag, path)
+
+
+def _check_writable(folder: Path, flag: str, given: Path) -> None:
+    """``folder`` (or, where it does not exist yet, the nearest folder above it, where it will be created) must
+    be a writable folder: a file on the way or a read-only folder would otherwise fail after the work."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {str(given)!r}: {str(existing)!r} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {str(given)!r}: folder {str(existing)!r} is not writable; choose another path "
+                         "or fix its permissions")
+
+
+def _check_faithfulness_baseline(baseline: str) -> None:
+    """Checked with or without --faithfulness: a mistyped value should not wait for the day it is used."""
+    from compute.metrics.faithfulness import BASELINES
+
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown --faithfulness-baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+
+
+def _protocols(protocol: str) -> tuple[str, ...]:
+    """The comma-separated --protocol value as names; none at all would start a run that scores nothing."""
+    from store.schema import PROTOCOLS
+
+    names = tuple(p.strip() for p in protocol.split(",") if p.strip())
+    if not names:
+        raise ValueError(f"--protocol {protocol!r} names no protocol; choose {', '.join(PROTOCOLS)} "
+                         "(comma-separated)")
+    return names
 
 
 @app.command()
@@ -117,10 +152,12 @@ def compute(
     _check_out(out)
     if backend == "local" and ray_workers is not None:
         raise ValueError("--ray-workers applies to --backend ray")
+    protocols = _protocols(protocol)
+    _check_faithfulness_baseline(faithfulness_baseline.strip())
 
     config = RunConfig(out=str(out), voc_root=str(voc_root), split=split, model=model,
                        weights=str(weights) if weights else None, random_init=random_init, img_size=img_size,
-                       methods=methods, protocols=tuple(p.strip() for p in protocol.split(",") if p.strip()),
+                       methods=methods, protocols=protocols,
                        target=target, batch_size=batch_size, device=device, limit=limit, seed=seed,
                        num_workers=workers, explain=explain.strip(), min_confidence=min_confidence,
                        faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
@@ -361,6 +398,7 @@ def report_cmd(
 
 
 @app.command("dashboard")
+@_friendly_errors
 def dashboard_cmd(
     store: Path = typer.Option(Path("results"), "--store", help="Store folder written by `vitlens compute`."),
     port: int = typer.Option(8501, "--port", help="Port to serve on."),
@@ -368,7 +406,9 @@ def dashboard_cmd(
     headless: bool = typer.Option(False, "--headless", help="Do not open a browser window."),
 ):
     """Browse a store in the browser: leaderboard, distributions, failure cases, heatmap grid, image detail."""
-    from dashboard.launch import serve
+    from dashboard.launch import check_port, serve
+
+    check_port(port)
 
     raise typer.Exit(code=serve(store, port=port, host=host, headless=headless))
 
@@ -383,6 +423,11 @@ def demo_cmd(
 ):
     """Offline demo: synthetic images with a planted cue, a small ViT trained on them, every method, dashboard."""
     from compute.demo import cue_summary, run_demo
+    from dashboard.launch import check_port
+
+    if not no_dashboard:
+        check_port(port)
+    _check_out(out)
 
     result = run_demo(out, small=small, log=lambda msg: console.print(msg, highlight=False))
     stdout.print(result.summary_line, highlight=False)

@@ -102,17 +102,15 @@ class VOCSegmentation:
         list_file = None
         if ids is None:
             list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            if not list_file.is_file():
-                raise DatasetError(f"split list {str(list_file)!r} is missing; {EXPECTED_LAYOUT}")
-            ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+            ids = read_split_list(list_file)
             if not ids:
                 raise DatasetError(f"split list {str(list_file)!r} lists no image ids (one id per line, e.g. "
                                    f"2007_000033); {EXPECTED_LAYOUT}")
         self.split = split
         self.ids = ids[:limit] if limit else list(ids)
-        if list_file is not None and not any(self.image_path(i).is_file() for i in self.ids):
+        if list_file is not None and not any(_is_name(i) and self.image_path(i).is_file() for i in self.ids):
             # every image would be a skip: the list and the folder do not belong together (wrong root/split)
-            shown = ", ".join(self.image_path(i).name for i in self.ids[:3])
+            shown = ", ".join(f"{i}.jpg" for i in self.ids[:3])
             raise DatasetError(f"none of the {len(self.ids)} image(s) listed in {str(list_file)!r} exist in "
                                f"{str(self.root / 'JPEGImages')!r} (looked for {shown}, ...); check --voc-root and "
                                f"--split, or restore the images; {EXPECTED_LAYOUT}")
@@ -135,12 +133,38 @@ class VOCSegmentation:
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
+        if not _is_name(image_id):
+            # a split list names files inside the VOC folder; a path would read whatever it points at
+            raise SampleError(f"image id {image_id!r} is a path, not a file name (no '/', '\\' or '..' in "
+                              "ids); fix the split list")
         sample = load_voc_sample(self.image_path(image_id), self.mask_path(image_id), image_id)
         cue_path = self.root / CUE_DIR / f"{image_id}.png"
         if cue_path.is_file():
             sample.extra_masks["cue"] = load_extra_mask(cue_path, sample.mask.shape)
         sample.meta = dict(self.meta.get(image_id, {}))
         return sample
+
+
+def read_split_list(list_file: Path) -> list[str]:
+    """The image ids of a split list: one id per line, the whole line (VOC ids hold no spaces, but a file
+    named ``with space.jpg`` is ``with space``, not ``with``); a DatasetError naming the file otherwise."""
+    if not list_file.is_file():
+        raise DatasetError(f"split list {str(list_file)!r} is missing; {EXPECTED_LAYOUT}")
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"split list {str(list_file)!r} is not UTF-8 text (byte {exc.start}: "
+                           f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8, one image id per "
+                           "line") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read split list {str(list_file)!r} ({exc.strerror or exc}); check its "
+                           "permissions") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _is_name(image_id: str) -> bool:
+    """Whether a split-list id is a plain file name: no folder part, so it cannot reach outside the VOC folder."""
+    return not ("/" in image_id or "\\" in image_id or image_id in (".", "..") or Path(image_id).is_absolute())
 
 
 def _read_json(path: Path) -> dict:
@@ -174,7 +198,7 @@ def load_voc_sample(image_path: Path, mask_path: Path, image_id: str) -> Sample:
         raise SampleError(f"mask file missing: {mask_path}")
     try:
         with Image.open(image_path) as im:
-            image = im.convert("RGB")
+            image = _to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise SampleError(f"cannot decode image {image_path.name}: {exc}") from exc
     try:
@@ -192,6 +216,15 @@ def load_voc_sample(image_path: Path, mask_path: Path, image_id: str) -> Sample:
     if bad.size:
         raise SampleError(f"mask {mask_path.name} holds values {bad.tolist()} outside 0..20 and 255")
     return Sample(image_id=image_id, image=image, mask=mask)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16-bit grey images (PNG, whatever the file's suffix) scaled to 8 bits: PIL's own conversion
+    clips every value above 255 to 255, which turns a normal 16-bit photo into an almost white image."""
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        wide = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
 
 
 def download_voc(to: str | Path, url: str = VOC2012_URL, md5: str = VOC2012_MD5, keep_archive: bool = False,
