@@ -406,9 +406,7 @@ def dashboard_cmd(
     headless: bool = typer.Option(False, "--headless", help="Do not open a browser window."),
 ):
     """Browse a store in the browser: leaderboard, distributions, failure cases, heatmap grid, image detail."""
-    from dashboard.launch import check_port, serve
-
-    check_port(port)
+    from dashboard.launch import serve
 
     raise typer.Exit(code=serve(store, port=port, host=host, headless=headless))
 

@@ -155,6 +155,12 @@ def test_a_port_outside_1_65535_is_refused_before_streamlit_starts(tmp_path):
     assert "http://" not in text  # refused before the "serving on" line
 
 
+def test_the_demo_checks_its_port_before_the_work(tmp_path):
+    _one_line_exit_2(cli.invoke(app, ["demo", "--small", "--out", str(tmp_path / "demo"), "--port", "0"]),
+                     "--port 0 is not a TCP port")
+    assert not (tmp_path / "demo").exists()
+
+
 # ----------------------------------------------------------------------------------------------- options
 def test_a_protocol_list_naming_nothing_is_refused(voc_mini, tmp_path):
     _one_line_exit_2(_compute(voc_mini, tmp_path / "store", "--protocol", ","), "--protocol ',' names no protocol")

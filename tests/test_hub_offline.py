@@ -95,3 +95,27 @@ def test_an_empty_offline_cache_says_what_to_do(voc_mini, tmp_path):
     text = " ".join(proc.stderr.split())
     assert f"could not fetch pretrained weights for '{NAME}'" in text and "--weights FILE" in text
     assert "Traceback" not in proc.stderr
+
+
+def _scores(out):
+    import pandas as pd
+
+    parts = [pd.read_parquet(p) for p in sorted((out / "metrics").rglob("*.parquet"))]
+    df = pd.concat(parts)
+    return df.sort_values(["image_id", "method", "protocol"])[["image_id", "method", "protocol", "iou", "f1"]]
+
+
+@pytest.mark.slow
+def test_hub_weights_score_as_the_same_file_given_with_weights(dinov2_weights, voc_mini, tmp_path):
+    # the file's own 224-px grid in both runs, so the two models must be the same tensor for tensor
+    env = _hub_env(tmp_path / "hf", dinov2_weights)
+    common = ["--voc-root", str(voc_mini), "--methods", "rollout,raw_attention", "--protocol", "clean",
+              "--limit", "2", "--device", "cpu", "--workers", "0", "--img-size", "224"]
+    hub = _vitlens(env, "compute", "--model", NAME, "--out", str(tmp_path / "hub"), *common)
+    assert hub.returncode == 0, hub.stderr[-3000:]
+    local = _vitlens(env, "compute", "--model", NAME, "--weights", str(dinov2_weights),
+                     "--out", str(tmp_path / "file"), *common)
+    assert local.returncode == 0, local.stderr[-3000:]
+    a, b = _scores(tmp_path / "hub"), _scores(tmp_path / "file")
+    assert len(a) == 4 and a["iou"].notna().all()
+    assert a.reset_index(drop=True).equals(b.reset_index(drop=True))

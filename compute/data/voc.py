@@ -239,7 +239,7 @@ def download_voc(to: str | Path, url: str = VOC2012_URL, md5: str = VOC2012_MD5,
     """
     to = Path(to).expanduser()
     to.mkdir(parents=True, exist_ok=True)
-    archive = to / Path(urllib.parse.urlparse(url).path).name
+    archive = to / (Path(urllib.parse.urlparse(url).path).name or Path(VOC2012_URL).name)
     if not (archive.is_file() and _md5(archive) == md5):
         partial = archive.with_name(archive.name + ".part")
         _fetch(url, partial, progress)
