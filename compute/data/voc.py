@@ -325,5 +325,6 @@ def _md5(path: Path) -> str:
 
 __all__ = [
     "VOC_CLASSES", "VOID", "SPLITS", "Sample", "VOCSegmentation", "DatasetError", "SampleError",
-    "resolve_voc_root", "load_voc_sample", "load_extra_mask", "download_voc", "EXPECTED_LAYOUT", "CUE_DIR",
+    "resolve_voc_root", "read_split_list", "load_voc_sample", "load_extra_mask", "download_voc", "EXPECTED_LAYOUT",
+    "CUE_DIR",
 ]
