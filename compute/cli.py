@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,20 +43,54 @@ def _friendly_errors(fn):
 
 
 def _check_out(out: Path) -> None:
-    """The store folder must be a folder (or not exist yet)."""
+    """The store folder must be a folder (or not exist yet) that this process can create and write."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder; give a folder for the store (created if "
                          "missing; reruns resume into it)")
+    _check_writable(out, "--out", out)
 
 
 def _check_file_out(path: Optional[Path], flag: str) -> None:
-    """An output file's folder must exist (checked before the work, not after it)."""
+    """An output file's folder must exist and be writable (checked before the work, not after it)."""
     if path is None:
         return
     if path.is_dir():
         raise ValueError(f"{flag} {str(path)!r} is a folder; give a file name, e.g. {str(path / 'out')!r}")
-    if not path.parent.is_dir():
+    if not path.parent.exists():
         raise ValueError(f"{flag} {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first")
+    _check_writable(path.parent, flag, path)
+
+
+def _check_writable(folder: Path, flag: str, given: Path) -> None:
+    """``folder`` (or, where it does not exist yet, the nearest folder above it, where it will be created) must
+    be a writable folder: a file on the way or a read-only folder would otherwise fail after the work."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {str(given)!r}: {str(existing)!r} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {str(given)!r}: folder {str(existing)!r} is not writable; choose another path "
+                         "or fix its permissions")
+
+
+def _check_faithfulness_baseline(baseline: str) -> None:
+    """Checked with or without --faithfulness: a mistyped value should not wait for the day it is used."""
+    from compute.metrics.faithfulness import BASELINES
+
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown --faithfulness-baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+
+
+def _protocols(protocol: str) -> tuple[str, ...]:
+    """The comma-separated --protocol value as names; none at all would start a run that scores nothing."""
+    from store.schema import PROTOCOLS
+
+    names = tuple(p.strip() for p in protocol.split(",") if p.strip())
+    if not names:
+        raise ValueError(f"--protocol {protocol!r} names no protocol; choose {', '.join(PROTOCOLS)} "
+                         "(comma-separated)")
+    return names
 
 
 @app.command()
@@ -119,13 +154,15 @@ def compute(
     _check_out(out)
     if backend == "local" and ray_workers is not None:
         raise ValueError("--ray-workers applies to --backend ray")
+    protocols = _protocols(protocol)
+    _check_faithfulness_baseline(faithfulness_baseline.strip())
     probe = probe_architecture(model)  # the architecture alone, on the meta device: no weights, no download
     if probe is not None:  # method options against the model's blocks, before any image is processed
         check_methods_for_model(parse_methods(methods), probe)
 
     config = RunConfig(out=str(out), voc_root=str(voc_root), split=split, model=model,
                        weights=str(weights) if weights else None, random_init=random_init, img_size=img_size,
-                       methods=methods, protocols=tuple(p.strip() for p in protocol.split(",") if p.strip()),
+                       methods=methods, protocols=protocols,
                        target=target, batch_size=batch_size, device=device, limit=limit, seed=seed,
                        num_workers=workers, explain=explain.strip(), min_confidence=min_confidence,
                        faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
@@ -181,9 +218,15 @@ def list_models(pattern: str = typer.Argument("*", help="Glob over timm names, e
 def download_voc_cmd(
     to: Path = typer.Option(Path("data/voc"), "--to", help="Folder to hold VOCdevkit/VOC2012."),
     keep_archive: bool = typer.Option(False, help="Keep the 2 GB tar after extracting."),
+    url: Optional[str] = typer.Option(None, "--url", envvar="VITLENS_VOC_URL",
+                                      help="Archive URL, for mirrors and testing (default: the official one)."),
+    md5: Optional[str] = typer.Option(None, "--md5", envvar="VITLENS_VOC_MD5",
+                                      help="Expected MD5 of the archive at --url, for mirrors and testing "
+                                           "(default: the official archive's)."),
 ):
-    """Download Pascal VOC 2012 trainval (official archive, MD5-verified) and extract it (needs internet)."""
-    from compute.data.voc import download_voc
+    """Download Pascal VOC 2012 trainval (official archive, MD5-verified) and extract it (needs internet).
+    An interrupted download continues where it stopped when the command is run again."""
+    from compute.data.voc import VOC2012_MD5, VOC2012_URL, download_voc
 
     with Progress(TextColumn("[bold]downloading"), BarColumn(), TextColumn("{task.fields[mb]}"),
                   console=console) as bar:
@@ -192,7 +235,8 @@ def download_voc_cmd(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total or None, mb=f"{done / 1e6:.0f} MB")
 
-        root = download_voc(to, keep_archive=keep_archive, progress=progress)
+        root = download_voc(to, url=url or VOC2012_URL, md5=(md5 or VOC2012_MD5).strip().lower(),
+                            keep_archive=keep_archive, progress=progress)
     stdout.print(f"VOC 2012 ready at {root}; use --voc-root {to}")
 
 
@@ -359,6 +403,7 @@ def report_cmd(
 
 
 @app.command("dashboard")
+@_friendly_errors
 def dashboard_cmd(
     store: Path = typer.Option(Path("results"), "--store", help="Store folder written by `vitlens compute`."),
     port: int = typer.Option(8501, "--port", help="Port to serve on."),
@@ -381,6 +426,11 @@ def demo_cmd(
 ):
     """Offline demo: synthetic images with a planted cue, a small ViT trained on them, every method, dashboard."""
     from compute.demo import cue_summary, run_demo
+    from dashboard.launch import check_port
+
+    if not no_dashboard:
+        check_port(port)
+    _check_out(out)
 
     result = run_demo(out, small=small, log=lambda msg: console.print(msg, highlight=False))
     stdout.print(result.summary_line, highlight=False)

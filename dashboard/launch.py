@@ -24,10 +24,17 @@ def command(store: str | Path, port: int = 8501, host: str = "localhost") -> lis
     ]
 
 
+def check_port(port: int) -> None:
+    """A TCP port is 1..65535; anything else would only fail inside Streamlit, after it started."""
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"--port {port} is not a TCP port; choose one from 1 to 65535 (default 8501)")
+
+
 def serve(store: str | Path, port: int = 8501, host: str = "localhost", headless: bool = False) -> int:
     """Run the server until it stops (Ctrl+C); returns its exit code."""
     from dashboard.data import ENV_STORE
 
+    check_port(port)
     env = {**os.environ, ENV_STORE: str(Path(store).expanduser().resolve())}
     print(f"vitlens dashboard of {env[ENV_STORE]} on http://{host}:{port}  (Ctrl+C stops it)", flush=True)
     if not headless:

@@ -161,7 +161,7 @@ class StoreWriter:
         latest session's choices (each session's own are in its ``sessions`` entry)."""
         path = self.out / "runs" / f"{self.run_id}.json"
         with manifest_lock(self.out, self.run_id):
-            previous = json.loads(path.read_text()) if path.exists() else {}
+            previous = _read_manifest(path)
             merged = {**previous, **manifest, "run_id": self.run_id, "schema_version": SCHEMA_VERSION}
             merged["sessions"] = previous.get("sessions", []) + manifest.get("sessions", [])
             if "created" in previous:
@@ -190,7 +190,7 @@ class StoreWriter:
         """
         path = self.out / "runs" / f"{self.run_id}.json"
         with manifest_lock(self.out, self.run_id):
-            previous = json.loads(path.read_text()) if path.exists() else {}
+            previous = _read_manifest(path)
             reports = _reports_of(previous) + [report]
             counts = {**self.committed_counts(),
                       "already_done": report.get("counts", {}).get("already_done", 0)}
@@ -199,6 +199,22 @@ class StoreWriter:
                       "timings": _summed_timings(reports)}
             _atomic_write_bytes(path, json.dumps(merged, indent=2, default=str).encode())
         return path
+
+
+def _read_manifest(path: Path) -> dict:
+    """A run manifest as a dict ({} where there is none yet); a damaged one is named, since the JSON error alone
+    ("Expecting value: line 1 column 1") does not say which file to look at."""
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"cannot read run manifest {str(path)!r} ({type(exc).__name__}: {exc}); restore it, or "
+                         "move it away to start the run's record afresh") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError(f"run manifest {str(path)!r} holds a JSON {type(manifest).__name__}, not an object; "
+                         "restore it, or move it away to start the run's record afresh")
+    return manifest
 
 
 def _reports_of(manifest: dict) -> list[dict]:

@@ -17,8 +17,14 @@ Optional extras, read when present (generated sets such as :mod:`compute.data.sy
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import os
+import shutil
 import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,17 +102,15 @@ class VOCSegmentation:
         list_file = None
         if ids is None:
             list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            if not list_file.is_file():
-                raise DatasetError(f"split list {str(list_file)!r} is missing; {EXPECTED_LAYOUT}")
-            ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+            ids = read_split_list(list_file)
             if not ids:
                 raise DatasetError(f"split list {str(list_file)!r} lists no image ids (one id per line, e.g. "
                                    f"2007_000033); {EXPECTED_LAYOUT}")
         self.split = split
         self.ids = ids[:limit] if limit else list(ids)
-        if list_file is not None and not any(self.image_path(i).is_file() for i in self.ids):
+        if list_file is not None and not any(_is_name(i) and self.image_path(i).is_file() for i in self.ids):
             # every image would be a skip: the list and the folder do not belong together (wrong root/split)
-            shown = ", ".join(self.image_path(i).name for i in self.ids[:3])
+            shown = ", ".join(f"{i}.jpg" for i in self.ids[:3])
             raise DatasetError(f"none of the {len(self.ids)} image(s) listed in {str(list_file)!r} exist in "
                                f"{str(self.root / 'JPEGImages')!r} (looked for {shown}, ...); check --voc-root and "
                                f"--split, or restore the images; {EXPECTED_LAYOUT}")
@@ -129,12 +133,38 @@ class VOCSegmentation:
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
+        if not _is_name(image_id):
+            # a split list names files inside the VOC folder; a path would read whatever it points at
+            raise SampleError(f"image id {image_id!r} is a path, not a file name (no '/', '\\' or '..' in "
+                              "ids); fix the split list")
         sample = load_voc_sample(self.image_path(image_id), self.mask_path(image_id), image_id)
         cue_path = self.root / CUE_DIR / f"{image_id}.png"
         if cue_path.is_file():
             sample.extra_masks["cue"] = load_extra_mask(cue_path, sample.mask.shape)
         sample.meta = dict(self.meta.get(image_id, {}))
         return sample
+
+
+def read_split_list(list_file: Path) -> list[str]:
+    """The image ids of a split list: one id per line, the whole line (VOC ids hold no spaces, but a file
+    named ``with space.jpg`` is ``with space``, not ``with``); a DatasetError naming the file otherwise."""
+    if not list_file.is_file():
+        raise DatasetError(f"split list {str(list_file)!r} is missing; {EXPECTED_LAYOUT}")
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"split list {str(list_file)!r} is not UTF-8 text (byte {exc.start}: "
+                           f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8, one image id per "
+                           "line") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read split list {str(list_file)!r} ({exc.strerror or exc}); check its "
+                           "permissions") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _is_name(image_id: str) -> bool:
+    """Whether a split-list id is a plain file name: no folder part, so it cannot reach outside the VOC folder."""
+    return not ("/" in image_id or "\\" in image_id or image_id in (".", "..") or Path(image_id).is_absolute())
 
 
 def _read_json(path: Path) -> dict:
@@ -168,7 +198,7 @@ def load_voc_sample(image_path: Path, mask_path: Path, image_id: str) -> Sample:
         raise SampleError(f"mask file missing: {mask_path}")
     try:
         with Image.open(image_path) as im:
-            image = im.convert("RGB")
+            image = _to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise SampleError(f"cannot decode image {image_path.name}: {exc}") from exc
     try:
@@ -188,40 +218,101 @@ def load_voc_sample(image_path: Path, mask_path: Path, image_id: str) -> Sample:
     return Sample(image_id=image_id, image=image, mask=mask)
 
 
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, with 16-bit grey images (PNG, whatever the file's suffix) scaled to 8 bits: PIL's own conversion
+    clips every value above 255 to 255, which turns a normal 16-bit photo into an almost white image."""
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        wide = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
 def download_voc(to: str | Path, url: str = VOC2012_URL, md5: str = VOC2012_MD5, keep_archive: bool = False,
                  progress=None) -> Path:
     """Download the official VOC 2012 trainval archive, verify its MD5 and extract it under ``to``.
 
     Returns the ``VOC2012`` folder. ``progress(done_bytes, total_bytes)`` is called while downloading.
-    Extraction refuses members that would land outside ``to``.
+    An interrupted download leaves ``<archive>.part``; the next call continues it with an HTTP Range request
+    (2 GB need not start over). The archive is extracted into a temporary folder beside the target and moved
+    into place only once complete, so a failure leaves no half-extracted tree. Members that would land outside
+    ``to`` are refused.
     """
     to = Path(to).expanduser()
     to.mkdir(parents=True, exist_ok=True)
-    archive = to / Path(url).name
+    archive = to / (Path(urllib.parse.urlparse(url).path).name or Path(VOC2012_URL).name)
     if not (archive.is_file() and _md5(archive) == md5):
-        partial = archive.with_suffix(".tar.part")
-        with urllib.request.urlopen(url) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+        partial = archive.with_name(archive.name + ".part")
+        _fetch(url, partial, progress)
         got = _md5(partial)
         if got != md5:
             partial.unlink(missing_ok=True)
-            raise DatasetError(f"checksum mismatch for {url}: got md5 {got}, expected {md5}; try again")
+            raise DatasetError(f"checksum mismatch for {url}: expected md5 {md5}, got {got}. The download was "
+                               "corrupt or is not the VOC 2012 trainval archive; it was deleted, so run the "
+                               "command again to download it afresh (a mirror must serve the same file)")
         partial.rename(archive)
-    with tarfile.open(archive) as tar:
-        base = to.resolve()
-        for member in tar.getmembers():
-            if not (base / member.name).resolve().is_relative_to(base):
-                raise DatasetError(f"refusing archive member outside the target folder: {member.name}")
-        tar.extractall(to)
+    _extract(archive, to)
     if not keep_archive:
         archive.unlink()
     return resolve_voc_root(to)
+
+
+def _fetch(url: str, partial: Path, progress=None, chunk_size: int = 1 << 20) -> None:
+    """Download ``url`` into ``partial``, continuing from the bytes already there where the server honours a
+    Range request (206); a server that answers 200 sends the whole file, which then replaces them."""
+    have = partial.stat().st_size if partial.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            resumed = have > 0 and response.status == 206 and \
+                response.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+            done = have if resumed else 0
+            length = response.headers.get("Content-Length")
+            total = done + int(length) if length else 0  # 0: unknown
+            with open(partial, "ab" if resumed else "wb") as out:
+                while chunk := response.read(chunk_size):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            if total and done < total:  # the server closed the connection early without an error
+                raise http.client.IncompleteRead(b"", total - done)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing after the bytes we have: the file is complete; the MD5 decides
+            return
+        raise DatasetError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        got = partial.stat().st_size if partial.is_file() else 0
+        raise DatasetError(f"download of {url} interrupted after {got / 1e6:.1f} MB ({type(exc).__name__}: "
+                           f"{exc}); run the same command again to continue from {str(partial)!r}") from exc
+
+
+def _extract(archive: Path, to: Path) -> None:
+    """Extract ``archive`` into a temporary folder inside ``to``, then move its top-level entries into ``to``."""
+    base = to.resolve()
+    staging = Path(tempfile.mkdtemp(prefix=".extracting-", dir=to))
+    try:
+        try:
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    if not (base / member.name).resolve().is_relative_to(base):
+                        raise DatasetError(f"refusing archive member outside the target folder: {member.name}")
+                tar.extractall(staging, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise DatasetError(f"cannot extract {str(archive)!r} ({type(exc).__name__}: {exc}); nothing was "
+                               "extracted. Delete the archive and download it again") from exc
+        for entry in staging.iterdir():
+            _move_into(entry, to / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, merging folders that exist already (e.g. a VOCdevkit holding VOC2007)."""
+    if dst.is_dir() and src.is_dir():
+        for child in src.iterdir():
+            _move_into(child, dst / child.name)
+    else:
+        os.replace(src, dst)
 
 
 def _md5(path: Path) -> str:
@@ -234,5 +325,6 @@ def _md5(path: Path) -> str:
 
 __all__ = [
     "VOC_CLASSES", "VOID", "SPLITS", "Sample", "VOCSegmentation", "DatasetError", "SampleError",
-    "resolve_voc_root", "load_voc_sample", "load_extra_mask", "download_voc", "EXPECTED_LAYOUT", "CUE_DIR",
+    "resolve_voc_root", "read_split_list", "load_voc_sample", "load_extra_mask", "download_voc", "EXPECTED_LAYOUT",
+    "CUE_DIR",
 ]
