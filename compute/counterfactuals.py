@@ -121,9 +121,16 @@ def object_region(mask: np.ndarray | torch.Tensor, protocol: str, classes: Seque
             region = region | ((m == VOID) & (near > 0))
     else:
         raise ValueError(f"unknown protocol {protocol!r}")
-    if tuple(region.shape) == tuple(size):
-        return region
-    return F.interpolate(region[None, None].float(), size=tuple(size), mode="nearest")[0, 0] > 0.5
+    return at_input_size(region, size)
+
+
+def at_input_size(mask: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A boolean mask (non-zero = on; e.g. a sample's ``extra_masks["cue"]``) as bool ``[H, W]`` at ``size``,
+    by nearest-neighbour sampling, as the batch job resizes images to the model's input size."""
+    m = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask) != 0
+    if tuple(m.shape) == tuple(size):
+        return m
+    return F.interpolate(m[None, None].float(), size=tuple(size), mode="nearest")[0, 0] > 0.5
 
 
 def partner_order(image_id: str, ids: Sequence[str], seed: int = 0) -> list[str]:
@@ -140,6 +147,35 @@ def choose_partner(image_id: str, ids: Sequence[str], has_background: Callable[[
     """The ``mixed_rand`` partner of ``image_id``: the first id of :func:`partner_order` whose background is
     non-empty (``has_background(id)``, asked lazily: usually once), or None when no other image has any."""
     return next((o for o in partner_order(image_id, ids, seed) if has_background(o)), None)
+
+
+def partner_from_dataset(dataset, image_id: str, preprocess, class_names: Sequence[str],
+                         ids: Sequence[str] | None = None, seed: int = 0) -> Partner | None:
+    """The :class:`Partner` of ``image_id`` read from a data source whose ``ids`` list its images and whose
+    indexing returns :class:`compute.data.voc.Sample` s (VOC, the synthetic set): chosen by
+    :func:`choose_partner` over ``ids`` (default ``dataset.ids``; pass the whole split's list, not a shard's or a
+    ``--limit``'s, so that every run over the split draws the same partners), preprocessed with ``preprocess``
+    (``LoadedModel.preprocess()``), its objects at the model's input size. An unreadable image counts as one
+    without background. None when no other image has background."""
+    position = {i: k for k, i in enumerate(dataset.ids)}
+    samples: dict[str, object] = {}
+
+    def has_background(other: str) -> bool:
+        if other not in position:
+            return False
+        try:
+            samples[other] = sample = dataset[position[other]]
+        except Exception:  # noqa: BLE001 - a broken image is skipped by the job; here it just lends nothing
+            return False
+        return bool((np.asarray(sample.mask) == 0).any())
+
+    chosen = choose_partner(image_id, ids if ids is not None else dataset.ids, has_background, seed)
+    if chosen is None:
+        return None
+    sample = samples[chosen]
+    names = ",".join(class_names[c] if 0 <= c < len(class_names) else f"class_{c}" for c in sample.classes_present)
+    return Partner(chosen, preprocess(sample.image), object_region(sample.mask, "report", None, preprocess.size),
+                   names)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -368,5 +404,5 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, images: Sequence[ImageInpu
     return rows
 
 
-__all__ = ["VARIANTS", "FILLS", "Partner", "ImageInput", "Explained", "object_region", "partner_order",
-           "choose_partner", "fill_values", "replace_region", "paste", "evaluate"]
+__all__ = ["VARIANTS", "FILLS", "Partner", "ImageInput", "Explained", "object_region", "at_input_size", "partner_order",
+           "choose_partner", "partner_from_dataset", "fill_values", "replace_region", "paste", "evaluate"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from compute.counterfactuals import (FILLS, ImageInput, Explained, Partner, choose_partner, evaluate, fill_values,
-                                     object_region, partner_order, replace_region)
+from compute.counterfactuals import (FILLS, Explained, ImageInput, Partner, at_input_size, choose_partner, evaluate,
+                                     fill_values, object_region, partner_from_dataset, partner_order, replace_region)
 from compute.targets import parse_target
 from store.schema import to_table
 
@@ -106,7 +106,8 @@ def test_variants_change_exactly_their_pixels(fill):
     # mixed_rand: our object where it is, the partner's background elsewhere, the partner's own object filled
     assert torch.equal(mixed[:, obj_a], xa[:, obj_a])
     assert torch.equal(_changed(mixed, xb), obj_a | obj_b)
-    assert torch.equal(mixed[:, obj_b & ~obj_a], replace_region(xb[None], obj_b[None], fill, MEAN, STD)[0][:, obj_b & ~obj_a])
+    partner_filled = replace_region(xb[None], obj_b[None], fill, MEAN, STD)[0]
+    assert torch.equal(mixed[:, obj_b & ~obj_a], partner_filled[:, obj_b & ~obj_a])
 
 
 def test_rows_score_the_explained_class_on_each_variant():
@@ -154,8 +155,10 @@ def test_headless_model_scores_the_target_value():
         assert r["orig_pred_class"] is None
 
 
-@pytest.mark.parametrize("region, reason", [(torch.zeros(H, W, dtype=torch.bool), "object region is empty"),
-                                            (torch.ones(H, W, dtype=torch.bool), "object region covers the whole image")])
+@pytest.mark.parametrize("region, reason", [
+    (torch.zeros(H, W, dtype=torch.bool), "object region is empty"),
+    (torch.ones(H, W, dtype=torch.bool), "object region covers the whole image"),
+])
 def test_empty_or_full_region_gives_null_rows_and_no_forward(region, reason):
     x, images, _, *_ = _batch(cue=False)
     model = Recorder()
@@ -227,3 +230,39 @@ def test_partner_rule_is_deterministic_and_independent_of_order_and_shard():
     other_seed = {i: choose_partner(i, ids, has_bg.__getitem__, seed=8) for i in ids}
     assert other_seed != picks
     assert choose_partner("img001", ids, lambda _: False) is None
+
+
+def test_on_synthetic_data_as_the_job_feeds_it(tmp_path):
+    """The pieces together on the planted-cue data through the VOC loader and a small ViT: regions and cue
+    masks at the input size, partners from the split, rows for every variant."""
+    from compute.data.synthetic import SyntheticConfig, class_names, generate
+    from compute.data.voc import VOCSegmentation
+    from compute.models import Preprocess
+    from tests.conftest import make_vit
+
+    generate(tmp_path, SyntheticConfig(n_train=3, n_eval=2, seed=0))
+    data = VOCSegmentation(tmp_path, split="val")
+    names = class_names()
+    preprocess = Preprocess((64, 64), MEAN, STD)
+    model = make_vit(img_size=64, num_classes=6).float()
+    samples = [data[i] for i in range(len(data))]
+    x = torch.stack([preprocess(s.image) for s in samples])
+    images, requests = [], []
+    for row, s in enumerate(samples):
+        cue = s.extra_masks.get("cue")
+        cue_t = at_input_size(cue, (64, 64)) if cue is not None else None
+        images.append(ImageInput(s.image_id, cue_t, partner_from_dataset(data, s.image_id, preprocess, names)))
+        (cls,) = s.classes_present
+        requests.append(Explained(row, "clean", "logit", 3, object_region(s.mask, "clean", [cls], (64, 64)),
+                                  names[cls], (3,)))
+    rows = evaluate(model, x, images, requests, mean=MEAN, std=STD)
+    to_table("counterfactuals", rows)
+    made = [r for r in rows if r["reason"] is None]
+    assert {r["variant"] for r in made} == {"only_fg", "no_fg", "mixed_rand", "no_cue"}
+    for r in made:
+        assert 0 <= r["score"] <= 1 and r["pred_class"] is not None
+    for img, r in zip(images, (r for r in rows if r["variant"] == "mixed_rand")):
+        assert r["partner_id"] != img.image_id and r["partner_id"] in data.ids
+        assert r["partner_classes"] in names
+    again = partner_from_dataset(data, samples[0].image_id, preprocess, names, ids=list(reversed(data.ids)))
+    assert again.image_id == images[0].partner.image_id
