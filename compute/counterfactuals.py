@@ -306,21 +306,28 @@ def _inputs(x: torch.Tensor, images: Sequence[ImageInput], regions, builds, fill
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Model outputs (float32) of ``x``, ``chunk`` inputs at a time, without autograd; nothing runs for none."""
+    if not len(x):
+        return torch.empty(0)
     with torch.inference_mode():
-        return torch.cat([model(x[i:i + chunk]).float() for i in range(0, len(x), chunk)]) if len(x) else \
-            torch.empty(0)
+        return torch.cat([model(x[i:i + chunk]).float() for i in range(0, len(x), chunk)])
 
 
-def _scores(outputs: torch.Tensor, requests_classes: list[tuple[int, ...]], target) -> torch.Tensor:
-    """Per output row, the explained class's probability (summed over its head classes) or, with no classes
-    (headless), the target's value."""
-    if all(requests_classes):
+def _scores(outputs: torch.Tensor, score_classes: list[tuple[int, ...]], target) -> list[float]:
+    """Per output row, the explained class's probability (summed over its head classes ``score_classes[i]``)
+    or, with no classes (headless), the target's value."""
+    if not len(score_classes):
+        return []
+    if all(score_classes):
         probs = torch.softmax(outputs.float(), dim=-1)
-        return torch.stack([probs[i, list(c)].sum() for i, c in enumerate(requests_classes)]) if requests_classes \
-            else torch.empty(0)
+        return [float(probs[i, list(c)].sum()) for i, c in enumerate(score_classes)]
     if target is None:
         raise ValueError("a headless model's rows need the target (compute.targets.Target) to score")
-    return target(outputs.float())[0]
+    return target(outputs.float())[0].tolist()
+
+
+def _top1(outputs: torch.Tensor, n: int, headless: bool) -> list[int | None]:
+    return [None] * n if headless or not n else outputs.argmax(dim=-1).tolist()
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, images: Sequence[ImageInput],
@@ -366,21 +373,17 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, images: Sequence[ImageInpu
     variant_outputs = _forward(model, _inputs(x, images, regions, builds, fill, mean, std), chunk)
     if original_outputs is None:
         original_outputs = _forward(model, x, chunk)
-    original_outputs = original_outputs.float().cpu()
-    variant_outputs = variant_outputs.cpu()
 
     classes = [() if headless else tuple(r.score_classes) for r in requests]
     if not headless and not all(classes):
         raise ValueError("every request of a classifier needs score_classes (the head classes explained)")
-    orig = original_outputs[[r.row for r in requests]]
-    orig_score = _scores(orig, classes, target).tolist()
-    orig_pred = None if headless else orig.argmax(dim=-1).tolist()
+    orig = original_outputs.float().cpu()[[r.row for r in requests]]
+    orig_score, orig_pred = _scores(orig, classes, target), _top1(orig, len(requests), headless)
 
     made = [(i, v, b) for i, per in enumerate(plan) for v, b in per.items() if isinstance(b, int)]
-    var_out = variant_outputs[[b for _, _, b in made]] if made else torch.empty(0)
-    var_score = _scores(var_out, [classes[i] for i, _, _ in made], target).tolist() if made else []
-    var_pred = [None] * len(made) if headless or not made else var_out.argmax(dim=-1).tolist()
-    results = {(i, v): (s, p) for (i, v, _), s, p in zip(made, var_score, var_pred)}
+    outs = variant_outputs.cpu()[[b for _, _, b in made]] if made else variant_outputs.cpu()
+    outcome = dict(zip([(i, v) for i, v, _ in made],
+                       zip(_scores(outs, [classes[i] for i, _, _ in made], target), _top1(outs, len(made), headless))))
 
     rows = []
     for i, (req, per) in enumerate(zip(requests, plan)):
@@ -390,13 +393,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, images: Sequence[ImageInpu
                    "target_class": req.target_class, "protocol": req.protocol, "variant": variant, "fill": fill,
                    "gt_target": req.gt_target, "region_area": float(req.region.float().mean()),
                    "score_kind": "value" if headless else "probability", "orig_score": orig_score[i],
-                   "orig_pred_class": None if headless else orig_pred[i],
-                   "reason": b if isinstance(b, str) else None}
+                   "orig_pred_class": orig_pred[i], "reason": b if isinstance(b, str) else None}
             if variant == "mixed_rand" and image.partner is not None:
                 row["partner_id"], row["partner_classes"] = image.partner.image_id, image.partner.classes
-            if (i, variant) in results:
-                score, pred = results[(i, variant)]
-                row["score"] = score
+            if (i, variant) in outcome:
+                row["score"], pred = outcome[(i, variant)]
                 if pred is not None:
                     row.update(pred_class=pred, pred_label=label(pred) if label else None,
                                pred_voc=voc_name(pred) if voc_name else None, same_top1=pred == orig_pred[i])
