@@ -107,7 +107,36 @@ SKIPS = pa.schema([
     ("reason", pa.string()),
 ])
 
-TABLES: dict[str, pa.Schema] = {"metrics": METRICS, "heatmaps": HEATMAPS, "images": IMAGES, "skips": SKIPS}
+# Counterfactual inputs per explained target (compute.counterfactuals): what the model does when the object, its
+# context or a planted cue is replaced. Committed like heatmaps/images (beside the batch's metrics part); one row
+# per (image_id, target_class, protocol, variant); a variant that could not be made has ``reason`` set and every
+# result column NULL. store.shortcuts reads it.
+COUNTERFACTUAL_VARIANTS = ("only_fg", "no_fg", "mixed_rand", "no_cue")
+COUNTERFACTUALS = pa.schema([
+    ("run_id", pa.string()),
+    ("image_id", pa.string()),
+    ("target_kind", pa.string()),        # as metrics.target_kind
+    ("target_class", pa.int32()),        # as metrics.target_class (the join key with metrics)
+    ("protocol", pa.string()),           # whose object region: clean = the explained class, report = all objects
+    ("variant", pa.string()),            # one of COUNTERFACTUAL_VARIANTS
+    ("fill", pa.string()),               # what replaced the removed pixels: blur, mean or gray
+    ("gt_target", pa.string()),          # VOC class(es) of the object region, as metrics.gt_target
+    ("region_area", pa.float32()),       # share of input pixels in the object region
+    ("score_kind", pa.string()),         # "probability" (of the explained class) or "value" (headless target)
+    ("orig_score", pa.float32()),        # the score on the unchanged image
+    ("orig_pred_class", pa.int32()),     # top-1 on the unchanged image; NULL for a headless model
+    ("score", pa.float32()),             # the score on the variant; NULL when not made
+    ("pred_class", pa.int32()),          # top-1 on the variant; NULL when not made or headless
+    ("pred_label", pa.string()),
+    ("pred_voc", pa.string()),           # VOC class the variant's top-1 maps to; NULL if none / no class map
+    ("same_top1", pa.bool_()),           # top-1 unchanged by the variant
+    ("partner_id", pa.string()),         # mixed_rand: the image whose background was used
+    ("partner_classes", pa.string()),    # mixed_rand: that image's VOC classes, comma-separated names
+    ("reason", pa.string()),             # why the variant was not made; NULL when it was
+])
+
+TABLES: dict[str, pa.Schema] = {"metrics": METRICS, "heatmaps": HEATMAPS, "images": IMAGES, "skips": SKIPS,
+                                "counterfactuals": COUNTERFACTUALS}
 COMMIT_TABLE = "metrics"
 # tables whose parts count as soon as they exist; a part of any other table counts only beside a metrics part
 # of the same name (its batch's commit marker)
