@@ -1,16 +1,20 @@
-"""All per-map scores of one image at once: every map of the image, every protocol, on the maps' device.
+"""All per-map scores of a batch of images at once: every map of every image, every protocol, on the maps'
+device.
 
 :func:`compute.metrics.score` is the readable definition — one map, one protocol, NumPy — and stays what the
 families' documentation and tests describe. Scoring a VOC split with a dozen methods that way costs ~30 ms of
 one core per map (the argsort of ~190k upsampled pixels dominates), which on a GPU box takes far longer than
-explaining. :func:`score_image` computes the same columns for the ``K`` maps of one image and ``R``
-ground-truth requests (protocol + classes) together, in torch, on whatever device the maps are on:
+explaining. :func:`score_images` computes the same columns for all maps of a batch's images and their
+ground-truth requests (protocol + classes) together, in torch, on whatever device the maps are on. The maps
+of images of one size go through each step as one ``[M, pixels]`` tensor, cut into chunks of at most
+:data:`MAX_PIXELS` map pixels, so small images cost a few tensor operations per batch and memory stays
+bounded whatever the number of methods or the image size:
 
 - upsampling: one ``F.interpolate`` per map resolution (the same bilinear kernel as :func:`upsample`);
 - min-max normalisation and the Otsu histogram on the device; Otsu's choice of bin is then made on the CPU
-  from the ``K × 256`` counts with scikit-image's own float32 arithmetic (:func:`store.maps.otsu_thresholds`), so the
-  threshold is bit-for-bit the one ``skimage.filters.threshold_otsu`` returns;
-- confusion counts of the Otsu masks: products of ``[K, pixels]`` and ``[pixels, R]`` 0/1 matrices;
+  from the ``M × 256`` counts with scikit-image's own float32 arithmetic (:func:`store.maps.otsu_thresholds`),
+  so the threshold is bit-for-bit the one ``skimage.filters.threshold_otsu`` returns;
+- confusion counts and relevance mass of each map against its own image's request masks (gathered per map);
 - threshold-free metrics: one sort per map, shared by every request; tie groups are found on the sorted
   values and their pixel and object counts accumulated per request (void pixels weigh 0, which leaves the
   groups of the valid pixels exactly as the reference forms them); mid-ranks, the top-``K`` cut and the
@@ -62,101 +66,174 @@ def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], d
     return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+#: the most map pixels (maps × pixels per map) scored at once; peak memory is about 100 bytes per such
+#: pixel, so a chunk stays near 1 GB however many methods there are — and a single map of a huge image
+#: (e.g. 6000×4000) is scored alone in about 2.4 GB
+MAX_PIXELS = 1 << 23
+
+#: one image to score: its maps (each 2-D, any resolution), class-index mask, ``(protocol, gt_classes)``
+#: requests and optional cue mask
+Item = tuple[Sequence[torch.Tensor | np.ndarray], "np.ndarray | torch.Tensor", Sequence[tuple[str, list[int] | None]],
+             "np.ndarray | torch.Tensor | None"]
+
+
 def score_image(maps: Sequence[torch.Tensor | np.ndarray], mask: np.ndarray | torch.Tensor,
                 requests: Sequence[tuple[str, list[int] | None]], cue: np.ndarray | torch.Tensor | None = None,
                 device: torch.device | str | None = None) -> list[list[dict]]:
     """Scores of ``maps`` (each 2-D, any resolution) against one image's class-index ``mask`` for each
     ``(protocol, gt_classes)`` request; ``result[k][r]`` equals ``score(maps[k], mask, *requests[r],
     extra_masks={"cue": cue} if cue is not None else None)``. ``device`` defaults to the first map's."""
-    if not len(maps):
-        return []
-    if device is None:
-        device = maps[0].device if torch.is_tensor(maps[0]) else torch.device("cpu")
-    device = torch.device(device)
-    mask_np = mask.cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)
-    size = tuple(mask_np.shape)
-    K, R = len(maps), len(requests)
-    values = _prepare(maps, size, device).reshape(K, -1)               # raw upsampled values
-    N = values.shape[1]
-    gts, valids = _ground_truths(mask_np, requests, device)
+    return score_images([(maps, mask, requests, cue)], device=device)[0]
+
+
+def score_images(items: Sequence[Item], device: torch.device | str | None = None,
+                 max_pixels: int = MAX_PIXELS) -> list[list[list[dict]]]:
+    """:func:`score_image` of every item, ``result[i][k][r]``, computed together: the maps of images of one
+    size (and the same number of requests, with or without a cue) go through each step as one tensor, in
+    chunks of at most ``max_pixels`` map pixels, so the cost per image of a batch of small images is a few
+    tensor operations, and memory is bounded whatever the number of maps or the image size."""
+    out: list[list[list[dict]]] = [[] for _ in items]
+    groups: dict[tuple, list[int]] = {}
+    for i, (maps, mask, requests, cue) in enumerate(items):
+        if len(maps):
+            groups.setdefault((tuple(mask.shape), cue is not None, len(requests)), []).append(i)
+    for (size, _, _), idx in groups.items():
+        n = max(1, size[0] * size[1])
+        pairs = [(i, k) for i in idx for k in range(len(items[i][0]))]
+        step = max(1, max_pixels // n)
+        for start in range(0, len(pairs), step):
+            chunk = pairs[start:start + step]
+            dev = _device_of(items[chunk[0][0]][0][chunk[0][1]], device)
+            for (i, k), rows in zip(chunk, _score_chunk(items, chunk, size, dev)):
+                if not out[i]:
+                    out[i] = [None] * len(items[i][0])
+                out[i][k] = rows
+    return out
+
+
+def _device_of(first_map, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return first_map.device if torch.is_tensor(first_map) else torch.device("cpu")
+
+
+def _as_tensor(x, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(device)
+
+
+def _score_chunk(items: Sequence[Item], chunk: list[tuple[int, int]], size: tuple[int, int],
+                 device: torch.device) -> list[list[dict]]:
+    """The rows of the maps ``chunk`` names (``(item, map)`` pairs of images of one ``size``): ``[M][R]``."""
+    images = sorted({i for i, _ in chunk})
+    slot = {i: b for b, i in enumerate(images)}
+    img = torch.tensor([slot[i] for i, _ in chunk], device=device)    # [M] each map's image
+    truths = [_ground_truths(items[i][1].cpu().numpy() if torch.is_tensor(items[i][1]) else np.asarray(items[i][1]),
+                             items[i][2], device) for i in images]
+    gts, valids = torch.stack([t[0] for t in truths]), torch.stack([t[1] for t in truths])  # [B, R, N]
+    M, R, N = len(chunk), gts.shape[1], gts.shape[2]
+    values = _prepare([items[i][0][k] for i, k in chunk], size, device).reshape(M, N)   # raw upsampled
 
     # min-max normalisation; a constant map becomes zeros and marks no pixel
     lo, hi = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
     wide = (hi.double() - lo.double()) > SPAN_LIMIT                     # as minmax_normalise: halve (exactly)
     half = torch.where(wide, 0.5, 1.0).to(values.dtype)                 # x * 1.0 is exact: no sync, no branch
-    values_n, lo, hi = values * half, lo * half, hi * half
+    lo, hi = lo * half, hi * half
     span = hi - lo
     const = (span <= 0)[:, 0]
-    norm = torch.where(span > 0, (values_n - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+    norm = torch.where(span > 0, (values * half - lo) / torch.where(span > 0, span, torch.ones_like(span)),
                        torch.zeros_like(values))
     # Otsu: 256 bins over [0, 1] (values*256 is exact in float32; 1.0 goes to the last bin)
     bins = (norm * OTSU_BINS).long().clamp_(max=OTSU_BINS - 1)
-    counts = torch.zeros((K, OTSU_BINS), dtype=torch.int64, device=device).scatter_add_(
-        1, bins, torch.ones_like(bins))
+    counts = torch.zeros((M, OTSU_BINS), dtype=torch.int64, device=device).scatter_add_(1, bins, torch.ones_like(bins))
+    del bins
     thresholds = otsu_thresholds(counts.cpu().numpy())                  # the one sync before the end
     binary = (norm > torch.from_numpy(thresholds).to(device)[:, None]) & ~const[:, None]
 
-    # confusion counts, [K, R]: float32 products of 0/1 matrices are exact below 2**24 pixels
-    cdt = torch.float32 if N < 2**24 else torch.float64
-    pred, gtf, vf = binary.to(cdt), gts.to(cdt), valids.to(cdt)
-    tp = pred @ gtf.T
-    pred_valid = pred @ vf.T
-    n_valid = vf.sum(dim=1)[None].expand(K, R)
-    n_gt = gtf.sum(dim=1)[None].expand(K, R)
+    stats = torch.full((M, R, 9 + (7 if items[chunk[0][0]][3] is not None else 0)), float("nan"),
+                       dtype=torch.float64, device=device)
+    positive = values.clamp(min=0)
+    for r in range(R):
+        g, v = gts[img, r], valids[img, r]                               # [M, N] this request's truth per map
+        stats[:, r, 0] = (binary & g).sum(dim=1)
+        stats[:, r, 1] = (binary & v).sum(dim=1)
+        stats[:, r, 2] = v.sum(dim=1)
+        stats[:, r, 3] = g.sum(dim=1)
+        stats[:, r, 4] = torch.where(v, positive, 0.0).sum(dim=1, dtype=torch.float64)
+        stats[:, r, 5] = torch.where(g, positive, 0.0).sum(dim=1, dtype=torch.float64)
+    del positive
+    if stats.shape[2] > 9:
+        _cue_stats(stats, items, chunk, images, img, norm, binary, gts, valids, device)
+    del norm
+    _threshold_free_stats(stats, values, img, gts, valids)
+    table = stats.cpu().numpy()
 
-    # relevance mass, [K, R]
-    positive = values.clamp(min=0).double()
-    mass_total = positive @ valids.double().T
-    mass_on = positive @ gts.double().T
+    rows = []
+    for m, (i, _) in enumerate(chunk):
+        requests = items[i][2]
+        per_map = []
+        for r, (protocol, classes) in enumerate(requests):
+            row = _row(table[m, r], None if const[m] else float(thresholds[m]),
+                       undefined=classes is not None and len(classes) == 0 and protocol != "report")
+            if table.shape[2] > 9:
+                row.update(_cue_row(table[m, r, 9:], float(table[m, r, 1]), float(table[m, r, 2])))
+            per_map.append(row)
+        rows.append(per_map)
+    return rows
 
-    # threshold-free: one sort per map, tie groups counted per request
+
+def _cue_stats(stats, items, chunk, images, img, norm, binary, gts, valids, device) -> None:
+    """Columns 9.. of ``stats``: the cue family's sums (see :func:`_cue_row`)."""
+    n = gts.shape[2]
+    cues = []
+    for i in images:
+        c = _as_tensor(items[i][3], device).reshape(-1)
+        if c.shape[0] != n:
+            raise ValueError(f"cue mask has {c.shape[0]} pixels, class mask {n}")
+        cues.append(c.bool())
+    cue = torch.stack(cues)[img]                                          # [M, N]
+    for r in range(gts.shape[1]):
+        v = valids[img, r]
+        cue_r = cue & v
+        obj_r = gts[img, r] & ~cue_r
+        for col, (weights, of) in enumerate(((norm, v), (norm, cue_r), (norm, obj_r), (binary, cue_r),
+                                             (binary, obj_r), (None, cue_r), (None, obj_r))):
+            if weights is None:
+                stats[:, r, 9 + col] = of.sum(dim=1)
+            elif weights.dtype == torch.bool:
+                stats[:, r, 9 + col] = (weights & of).sum(dim=1)
+            else:
+                stats[:, r, 9 + col] = torch.where(of, weights, 0.0).sum(dim=1, dtype=torch.float64)
+
+
+def _threshold_free_stats(stats, values, img, gts, valids) -> None:
+    """Columns 6-8 of ``stats`` (pointing game, relevance rank, ROC-AUC): one sort per map, shared by every
+    request; tie groups counted per request (see the module doc)."""
+    M, N = values.shape
+    device = values.device
     sv, order = torch.sort(values, dim=1)
     new_group = torch.ones_like(sv, dtype=torch.bool)
     new_group[:, 1:] = sv[:, 1:] != sv[:, :-1]
-    gid = (torch.cumsum(new_group, dim=1) - 1) + torch.arange(K, device=device)[:, None] * N
-    gid = gid.reshape(-1)
+    del sv
+    gid = ((torch.cumsum(new_group, dim=1) - 1) + torch.arange(M, device=device)[:, None] * N).reshape(-1)
+    del new_group
     ar = torch.arange(N, device=device)
-    pointing, rank, auc = (torch.full((K, R), float("nan"), dtype=torch.float64, device=device)
-                           for _ in range(3))
-    for r in range(R):
-        w = valids[r][order].double().reshape(-1)
-        h = gts[r][order].double().reshape(-1)
-        c = torch.zeros(K * N, dtype=torch.float64, device=device).index_add_(0, gid, w).view(K, N)
-        hits = torch.zeros(K * N, dtype=torch.float64, device=device).index_add_(0, gid, h).view(K, N)
+    for r in range(gts.shape[1]):
+        w = valids[img, r].gather(1, order).double().reshape(-1)
+        h = gts[img, r].gather(1, order).double().reshape(-1)
+        c = torch.zeros(M * N, dtype=torch.float64, device=device).index_add_(0, gid, w).view(M, N)
+        del w
+        hits = torch.zeros(M * N, dtype=torch.float64, device=device).index_add_(0, gid, h).view(M, N)
+        del h
         n_pos, n = hits.sum(dim=1), c.sum(dim=1)
         safe_c = c.clamp(min=1.0)                                        # empty groups have no hits either
         last = ((c > 0) * ar).amax(dim=1, keepdim=True)                  # the maximum's group
-        pointing[:, r] = hits.gather(1, last)[:, 0] / safe_c.gather(1, last)[:, 0]
+        stats[:, r, 6] = hits.gather(1, last)[:, 0] / safe_c.gather(1, last)[:, 0]
         incl = torch.cumsum(c, dim=1)                                    # valid pixels in groups <= g
         take = torch.minimum((n_pos[:, None] - (n[:, None] - incl)).clamp_(min=0.0), c)  # share of the top n_pos
-        rank[:, r] = (hits * take / safe_c).sum(dim=1) / n_pos
+        stats[:, r, 7] = (hits * take / safe_c).sum(dim=1) / n_pos
+        del take
         rank_sum = (hits * (incl - (c - 1.0) / 2.0)).sum(dim=1)           # mid-rank of each group, 1-based
-        auc[:, r] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
-
-    stats = [tp, pred_valid, n_valid, n_gt, mass_total, mass_on, pointing, rank, auc]
-    if cue is not None:
-        cue_t = torch.as_tensor(np.asarray(cue) if not torch.is_tensor(cue) else cue).to(device).reshape(-1)
-        if cue_t.shape[0] != N:
-            raise ValueError(f"cue mask has {cue_t.shape[0]} pixels, class mask {N}")
-        cue_r = cue_t.bool()[None] & valids                              # [R, N]
-        obj_r = gts & ~cue_r
-        nd = norm.double()
-        stats += [nd @ valids.double().T, nd @ cue_r.double().T, nd @ obj_r.double().T,
-                  pred @ cue_r.to(cdt).T, pred @ obj_r.to(cdt).T,
-                  cue_r.to(cdt).sum(dim=1)[None].expand(K, R), obj_r.to(cdt).sum(dim=1)[None].expand(K, R)]
-    table = torch.stack([s.double() for s in stats], dim=-1).cpu().numpy()  # [K, R, S]
-
-    out: list[list[dict]] = []
-    for k in range(K):
-        per_map = []
-        for r, (protocol, classes) in enumerate(requests):
-            row = _row(table[k, r], None if const[k] else float(thresholds[k]),
-                       undefined=classes is not None and len(classes) == 0 and protocol != "report")
-            if cue is not None:
-                row.update(_cue_row(table[k, r, 9:], float(table[k, r, 1]), float(table[k, r, 2])))
-            per_map.append(row)
-        out.append(per_map)
-    return out
+        stats[:, r, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
 
 
 def _row(s: np.ndarray, threshold: float | None, undefined: bool) -> dict:
@@ -182,4 +259,4 @@ def _cue_row(s: np.ndarray, pred_valid: float, n_valid: float) -> dict:
     return cue_scores_from_sums(total, on_cue, on_obj, pred_valid, pred_cue, pred_obj, n_cue, n_obj, n_valid)
 
 
-__all__ = ["score_image"]
+__all__ = ["MAX_PIXELS", "score_image", "score_images"]
