@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from store.commits import committed
 from store.schema import (COMMIT_TABLE, METRIC_COLUMNS, STANDALONE_TABLES, TABLES, decode_heatmap,  # noqa: F401 (re-export)
                           empty_table)
 
@@ -35,23 +36,29 @@ def has_results(store: str | Path) -> bool:
 
 
 def connect(store: str | Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per table (an empty, typed view for a table with no parts yet)."""
+    """A DuckDB connection with one view per table (an empty, typed view for a table with no parts yet), over
+    the committed, intact parts only (:mod:`store.commits`), and a view ``store_problems`` (``problem``) that
+    names each damaged or missing part that was left out — empty when the store is whole."""
     root = Path(store).expanduser()
     if not root.is_dir():
         raise StoreError(f"store folder {str(root)!r} does not exist; {FILL_HINT}")
     con = duckdb.connect()
-    committed = {(p.parent.name, p.name) for p in root.glob(f"{COMMIT_TABLE}/run_id=*/part-*.parquet")}
+    counted = committed(root, check="footer")
     for table in TABLES:
-        # a heatmaps/images part counts only once its batch's metrics part (the commit marker) exists
-        files = sorted(str(p) for p in root.glob(f"{table}/run_id=*/part-*.parquet")
-                       if table in STANDALONE_TABLES or (p.parent.name, p.name) in committed)
+        files = [str(p) for p in counted.files[table]]
         if files:
             rel = con.read_parquet(files, hive_partitioning=False, union_by_name=True)
         else:
             rel = con.from_arrow(empty_table(table))
         rel.create_view(table)
     con.from_arrow(_runs_table(root)).create_view("runs")
+    con.from_arrow(pa.table({"problem": pa.array(counted.problems, pa.string())})).create_view("store_problems")
     return con
+
+
+def store_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """What :func:`connect` left out and why, one line per damaged part (empty for a whole store)."""
+    return [r[0] for r in con.execute("SELECT problem FROM store_problems").fetchall()]
 
 
 def _runs_table(root: Path) -> pa.Table:
