@@ -7,6 +7,7 @@ returns a pandas DataFrame. Nothing here writes to the store.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def _runs_table(root: Path) -> pa.Table:
 def method_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None, min_confidence: float | None = None,
                    run_id: str | None = None):
     """Per method: image count and mean of each localisation metric (the report's table, as fractions)."""
-    means = ", ".join(f"avg({c}) AS {c}" for c in METRIC_COLUMNS)
+    means = ", ".join(f"avg({quote(c)}) AS {quote(c)}" for c in METRIC_COLUMNS)
     sql = (f"SELECT method, count(DISTINCT image_id) AS images, count(*) AS rows, {means} FROM metrics "
            "WHERE (? IS NULL OR protocol = ?) AND (? IS NULL OR confidence > ?) AND (? IS NULL OR run_id = ?) "
            "GROUP BY method ORDER BY method")
@@ -114,15 +115,27 @@ def metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Numeric score columns of ``metrics``: the report's (``METRIC_COLUMNS``) first, then the others in table
     order. Discovered from the view, so columns added to the schema later show up without code changes."""
     types = metrics_column_types(con)
-    numeric = [c for c, t in types.items() if t.upper().startswith(_NUMERIC_TYPES) and c not in CONTEXT_COLUMNS]
+    numeric = [c for c, t in types.items() if t.upper().startswith(_NUMERIC_TYPES) and c not in CONTEXT_COLUMNS
+               and SAFE_NAME.fullmatch(c)]
     return [c for c in METRIC_COLUMNS if c in numeric] + [c for c in numeric if c not in METRIC_COLUMNS]
 
 
+#: what a column name read from a store may look like to be used at all: a store is data, and a crafted one
+#: may carry any text as a column name
+SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def quote(name: str) -> str:
+    """``name`` as a quoted SQL identifier (a double quote inside it doubled): always text, never SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _ident(column: str, allowed) -> str:
-    """A column name checked against ``allowed``, quoted for SQL; anything else is an error, never SQL."""
-    if column not in allowed:
+    """A column name checked against ``allowed`` and the strict name rule, quoted for SQL; anything else is an
+    error, never SQL."""
+    if column not in allowed or not SAFE_NAME.fullmatch(column):
         raise QueryError(f"unknown metric column {column!r}; known: {', '.join(allowed) or '(none)'}")
-    return '"' + column.replace('"', '""') + '"'
+    return quote(column)
 
 
 @dataclass(frozen=True)
@@ -214,7 +227,7 @@ def leaderboard(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str]
     mean over images of the sum of the image's rows' seconds (each row holds its target's share of the batch
     time, so the sum is what the image cost the method)."""
     means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)  # twice: rows, images
-    counts = ", ".join(f'count({_ident(c, known)}) AS "n_{c}"' for c in columns)
+    counts = ", ".join(f'count({_ident(c, known)}) AS {quote("n_" + c)}' for c in columns)
     where, params = filter_sql(f, known)
     order = f"{_ident(columns[0], known)} DESC NULLS LAST, " if columns else ""
     sql = (f"WITH per_image AS (SELECT method, image_id, count(*) AS n_rows{', ' + means if means else ''}, "
@@ -393,7 +406,7 @@ def report_per_image(con: duckdb.DuckDBPyConnection, protocol: str | None = None
     """One row per (run, model, protocol, method, image): the mean of each metric over the image's rows (one
     row per image for a single target; one per explained class with ``--explain present``), ``correct`` as
     0/1, and the image's row count. NULL metrics are skipped by the means. The bootstrap resamples these."""
-    means = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
+    means = ", ".join(f"avg({quote(c)}) AS {quote(c)}" for c in REPORT_METRICS)
     sql = (f"SELECT run_id, model, protocol, method, image_id, count(*) AS rows, {means}, "
            "avg(CAST(correct AS DOUBLE)) AS correct FROM metrics "
            f"WHERE {_REPORT_FILTER} GROUP BY run_id, model, protocol, method, image_id "
@@ -406,8 +419,8 @@ def report_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None,
     """One row per (run, model, protocol, method): every metric's mean over images of the per-image means
     (each image weighs the same), the number of images with a defined IoU (``images``), all images and rows
     behind the group, and the share of images whose top-1 is correct among those where it is defined."""
-    inner = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
-    outer = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
+    inner = ", ".join(f"avg({quote(c)}) AS {quote(c)}" for c in REPORT_METRICS)
+    outer = ", ".join(f"avg({quote(c)}) AS {quote(c)}" for c in REPORT_METRICS)
     sql = (f"WITH per_image AS (SELECT run_id, model, protocol, method, image_id, count(*) AS n_rows, {inner}, "
            f"avg(CAST(correct AS DOUBLE)) AS correct FROM metrics WHERE {_REPORT_FILTER} "
            "GROUP BY run_id, model, protocol, method, image_id) "

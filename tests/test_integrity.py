@@ -216,3 +216,45 @@ def test_a_store_written_before_commit_records_still_reads_and_resumes(tmp_path)
     again.write_batch("k3", {"metrics": [{"image_id": "b", "method": "m", "protocol": "report"}]})
     assert sorted(r[0] for r in connect(tmp_path).execute("SELECT image_id FROM metrics").fetchall()) == ["a", "b"]
     assert connect(tmp_path).execute("SELECT count(*) FROM images").fetchone()[0] == 1
+
+
+CRAFTED = "zz\", (SELECT read_text('/etc/hostname')) AS \"leak"
+
+
+def _crafted_store(root: Path) -> Path:
+    """A store whose metrics part carries a column named like SQL (a store is data; anyone can write one)."""
+    from store.schema import to_table
+
+    table = to_table("metrics", [{"run_id": "r", "image_id": "a", "method": "m", "protocol": "report", "iou": 0.5}])
+    table = table.append_column(CRAFTED, pa.array([0.25]))
+    part = root / "metrics" / "run_id=r" / "part-0.parquet"
+    part.parent.mkdir(parents=True)
+    pq.write_table(table, part)
+    return root
+
+
+def test_a_crafted_column_name_never_becomes_sql(tmp_path):
+    # before: the leaderboard built `AS "n_{c}"` from the column name and ran the SQL inside it
+    from store import query as q
+
+    con = connect(_crafted_store(tmp_path))
+    assert CRAFTED in q.metrics_column_types(con)          # the column is there ...
+    known = q.metric_columns(con)
+    assert CRAFTED not in known and "iou" in known         # ... but is never offered as a metric
+    f = q.RowFilter(run_id="r", protocol="report")
+    board = q.leaderboard(con, f, known, known)
+    assert "leak" not in board.columns and board["images"].tolist() == [1]
+    facets = q.run_facets(con, "r")
+    assert CRAFTED not in facets["stats"]
+    with pytest.raises(q.QueryError):                       # asked for by name (a URL), it is refused
+        q.leaderboard(con, f, [CRAFTED], [*known, CRAFTED])
+
+
+def test_quoted_identifiers_stay_identifiers():
+    from store.query import quote
+
+    assert quote('a"b') == '"a""b"'
+    import duckdb
+
+    con = duckdb.connect()
+    assert con.execute(f"SELECT 1 AS {quote(CRAFTED)}").df().columns.tolist() == [CRAFTED]
