@@ -370,6 +370,11 @@ def report_cmd(
                          f"--out {store}")
     rep = build_report(store, protocol=protocol, min_confidence=min_confidence, run_id=run_id,
                        resamples=resamples, seed=seed)
+    for problem in rep.problems:
+        console.print(f"[bold yellow]warning:[/] left out, damaged: {problem}", highlight=False, soft_wrap=True)
+    if rep.problems:
+        console.print("[yellow]the figures below leave those batches out; rerun the same `vitlens compute` "
+                      "command to recompute exactly them[/]", highlight=False)
     if rep.table.empty:
         given = [f"{flag} {value}" for flag, value in (("--protocol", protocol), ("--min-confidence", min_confidence),
                                                        ("--run", run_id)) if value is not None]

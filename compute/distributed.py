@@ -167,8 +167,9 @@ def run_ray(config: RunConfig, num_workers: int | None = 2, address: str | None 
     positions = (shard[0], shard[1]) if shard else (0, 1)
     n_images = len(range(positions[0], total, positions[1]))
     n_batches = math.ceil(n_images / config.batch_size)
-    # The once-per-run part of a Job's start: clean up an interrupted batch's leftovers before any actor runs.
-    StoreWriter(config.out, run_id)
+    # The once-per-run part of a Job's start: claim the images for this driver (its actors write under that
+    # claim), repair damaged batches and clean up an interrupted batch's leftovers before any actor runs.
+    claimed = StoreWriter(config.out, run_id, claim_shard=shard)
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -185,6 +186,7 @@ def run_ray(config: RunConfig, num_workers: int | None = 2, address: str | None 
     finally:
         if started_here:
             ray.shutdown()
+        claimed.close()
 
     summary = RunSummary(run_id=run_id, out=str(config.out), images=int(totals["images"]),
                          skipped=int(totals["skipped"]), already_done=int(totals["already_done"]), methods=methods,

@@ -21,14 +21,14 @@ How a row's numbers are made (all reads go through DuckDB, :func:`store.query.re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from store import catalogue
-from store.query import REPORT_METRICS, connect, report_per_image, report_summary
+from store.query import REPORT_METRICS, connect, report_per_image, report_summary, store_problems
 
 # the source report's Table 1: the three columns shown with a bootstrap interval
 MAIN = ("iou", "f1", "pixel_accuracy")
@@ -52,6 +52,7 @@ class Report:
     run_id: str | None
     resamples: int
     seed: int
+    problems: list[str] = field(default_factory=list)  # damaged parts the store's reader left out
 
     @property
     def columns(self) -> list[str]:
@@ -125,6 +126,7 @@ def build_report(store: str | Path, protocol: str | None = None, min_confidence:
                  run_id: str | None = None, resamples: int = 1000, seed: int = 0) -> Report:
     """Read the store and compute the table (see the module doc)."""
     con = connect(store)
+    problems = store_problems(con)
     summary = report_summary(con, protocol, min_confidence, run_id)
     per_image = report_per_image(con, protocol, min_confidence, run_id)
     table = summary[KEYS + ["images", "all_images", "rows"]].copy()
@@ -143,7 +145,7 @@ def build_report(store: str | Path, protocol: str | None = None, min_confidence:
     order = KEYS + ["images", "all_images", "rows"] + [x for c in MAIN for x in (c, f"{c}_lo", f"{c}_hi")]
     table = table[order + [c for c in EXTRA + ("correct",)]]
     return Report(table=table.reset_index(drop=True), protocol=protocol, min_confidence=min_confidence,
-                  run_id=run_id, resamples=resamples, seed=seed)
+                  run_id=run_id, resamples=resamples, seed=seed, problems=problems)
 
 
 __all__ = ["Report", "build_report", "bootstrap_interval", "MAIN", "EXTRA", "HEADERS"]

@@ -325,10 +325,11 @@ class Job:
         _check_options(config, loaded, cmap, cmap_reason)
 
         self.run_id = config.run_id()
-        self.writer = writer if writer is not None else StoreWriter(config.out, self.run_id)
+        self.writer = writer if writer is not None else StoreWriter(config.out, self.run_id, claim_shard=self.shard)
         self.summary = RunSummary(run_id=self.run_id, out=str(config.out), methods=[m.key for m in self.methods])
         if cmap is None:
             self.summary.notes.append(cmap_reason)
+        self.summary.notes += [f"damaged, removed and recomputed: {p}" for p in self.writer.repaired]
         self.ctx = _Context(config=config, loaded=loaded, target=target, device=self.device,
                             class_names=self.class_names, cmap=cmap, writer=self.writer,
                             images_done=self.writer.images_done(), done=_Done(self.writer.done_keys()),
@@ -398,6 +399,7 @@ class Job:
         a rerun."""
         if self.ctx.background is not None:
             self.ctx.background.close()
+        self.writer.close()
 
     def finish(self) -> RunSummary:
         summary = self.summary

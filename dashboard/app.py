@@ -49,6 +49,11 @@ def main() -> None:
         page.run()
         return
     st.sidebar.caption(f"store `{view.store}`")
+    damaged = data.damaged_parts(str(view.store), data.fingerprint(str(view.store)))
+    if damaged:
+        st.warning(f"{len(damaged)} damaged or missing part(s) of the store are left out, with their whole batch; "
+                   "rerun the same `vitlens compute` command to recompute exactly them:\n\n"
+                   + "\n".join(f"- `{p}`" for p in damaged))
     notices = st.container()  # above the page: what of the link could not be shown
     with common.friendly_errors():
         page.run()

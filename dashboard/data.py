@@ -55,7 +55,7 @@ def fingerprint(store: str) -> str:
     """A digest of the store's part files and run manifests (names, sizes, modification times)."""
     root = Path(store)
     h = hashlib.sha1()
-    for pattern in ("*/run_id=*/part-*.parquet", "runs/*.json"):
+    for pattern in ("*/run_id=*/part-*.parquet", "commits/run_id=*/*.json", "runs/*.json"):
         for p in sorted(root.glob(pattern)):
             try:
                 s = p.stat()
@@ -68,6 +68,11 @@ def fingerprint(store: str) -> str:
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _connection(store: str, fp: str):
     return q.connect(store)
+
+
+def damaged_parts(store: str, fp: str) -> list[str]:
+    """What the reader left out of the store, one line per damaged or missing part (see store.commits)."""
+    return _run(store, fp, q.store_problems)
 
 
 def cursor(store: str, fp: str):

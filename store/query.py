@@ -7,6 +7,7 @@ returns a pandas DataFrame. Nothing here writes to the store.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 
 from store import catalogue
 from store.catalogue import CONTEXT_COLUMNS, REPORT_METRICS  # noqa: F401 (re-export)
+from store.commits import committed
 from store.schema import (COMMIT_TABLE, METRIC_COLUMNS, STANDALONE_TABLES, TABLES, decode_heatmap,  # noqa: F401 (re-export)
                           empty_table)
 
@@ -37,23 +39,29 @@ def has_results(store: str | Path) -> bool:
 
 
 def connect(store: str | Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per table (an empty, typed view for a table with no parts yet)."""
+    """A DuckDB connection with one view per table (an empty, typed view for a table with no parts yet), over
+    the committed, intact parts only (:mod:`store.commits`), and a view ``store_problems`` (``problem``) that
+    names each damaged or missing part that was left out — empty when the store is whole."""
     root = Path(store).expanduser()
     if not root.is_dir():
         raise StoreError(f"store folder {str(root)!r} does not exist; {FILL_HINT}")
     con = duckdb.connect()
-    committed = {(p.parent.name, p.name) for p in root.glob(f"{COMMIT_TABLE}/run_id=*/part-*.parquet")}
+    counted = committed(root, check="footer")
     for table in TABLES:
-        # a heatmaps/images part counts only once its batch's metrics part (the commit marker) exists
-        files = sorted(str(p) for p in root.glob(f"{table}/run_id=*/part-*.parquet")
-                       if table in STANDALONE_TABLES or (p.parent.name, p.name) in committed)
+        files = [str(p) for p in counted.files[table]]
         if files:
             rel = con.read_parquet(files, hive_partitioning=False, union_by_name=True)
         else:
             rel = con.from_arrow(empty_table(table))
         rel.create_view(table)
     con.from_arrow(_runs_table(root)).create_view("runs")
+    con.from_arrow(pa.table({"problem": pa.array(counted.problems, pa.string())})).create_view("store_problems")
     return con
+
+
+def store_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """What :func:`connect` left out and why, one line per damaged part (empty for a whole store)."""
+    return [r[0] for r in con.execute("SELECT problem FROM store_problems").fetchall()]
 
 
 def _runs_table(root: Path) -> pa.Table:
@@ -91,7 +99,7 @@ def run_class_names(store: str | Path, run_id: str) -> list[str] | None:
 def method_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None, min_confidence: float | None = None,
                    run_id: str | None = None):
     """Per method: image count and mean of each localisation metric (the report's table, as fractions)."""
-    means = ", ".join(f"avg({c}) AS {c}" for c in METRIC_COLUMNS)
+    means = ", ".join(f"avg({quote(c)}) AS {quote(c)}" for c in METRIC_COLUMNS)
     sql = (f"SELECT method, count(DISTINCT image_id) AS images, count(*) AS rows, {means} FROM metrics "
            "WHERE (? IS NULL OR protocol = ?) AND (? IS NULL OR confidence > ?) AND (? IS NULL OR run_id = ?) "
            "GROUP BY method ORDER BY method")
@@ -118,15 +126,27 @@ def metric_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Numeric score columns of ``metrics``: the report's (``METRIC_COLUMNS``) first, then the others in table
     order. Discovered from the view, so columns added to the schema later show up without code changes."""
     types = metrics_column_types(con)
-    numeric = [c for c, t in types.items() if t.upper().startswith(_NUMERIC_TYPES) and c not in CONTEXT_COLUMNS]
+    numeric = [c for c, t in types.items() if t.upper().startswith(_NUMERIC_TYPES) and c not in CONTEXT_COLUMNS
+               and SAFE_NAME.fullmatch(c)]
     return [c for c in METRIC_COLUMNS if c in numeric] + [c for c in numeric if c not in METRIC_COLUMNS]
 
 
+#: what a column name read from a store may look like to be used at all: a store is data, and a crafted one
+#: may carry any text as a column name
+SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def quote(name: str) -> str:
+    """``name`` as a quoted SQL identifier (a double quote inside it doubled): always text, never SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _ident(column: str, allowed) -> str:
-    """A column name checked against ``allowed``, quoted for SQL; anything else is an error, never SQL."""
-    if column not in allowed:
+    """A column name checked against ``allowed`` and the strict name rule, quoted for SQL; anything else is an
+    error, never SQL."""
+    if column not in allowed or not SAFE_NAME.fullmatch(column):
         raise QueryError(f"unknown metric column {column!r}; known: {', '.join(allowed) or '(none)'}")
-    return '"' + column.replace('"', '""') + '"'
+    return quote(column)
 
 
 @dataclass(frozen=True)
@@ -224,7 +244,7 @@ def leaderboard(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str]
     mean over images of the sum of the image's rows' seconds (each row holds its target's share of the batch
     time, so the sum is what the image cost the method)."""
     means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)  # twice: rows, images
-    counts = ", ".join(f'count({_ident(c, known)}) AS "n_{c}"' for c in columns)
+    counts = ", ".join(f'count({_ident(c, known)}) AS {quote("n_" + c)}' for c in columns)
     where, params = filter_sql(f, known)
     order = f"{_ident(columns[0], known)} {_best_first(columns[0])} NULLS LAST, " if columns else ""
     sql = (f"WITH per_image AS (SELECT method, image_id, count(*) AS n_rows{', ' + means if means else ''}, "
@@ -412,7 +432,7 @@ def report_per_image(con: duckdb.DuckDBPyConnection, protocol: str | None = None
     """One row per (run, model, protocol, method, image): the mean of each metric over the image's rows (one
     row per image for a single target; one per explained class with ``--explain present``), ``correct`` as
     0/1, and the image's row count. NULL metrics are skipped by the means. The bootstrap resamples these."""
-    means = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
+    means = ", ".join(f"avg({quote(c)}) AS {quote(c)}" for c in REPORT_METRICS)
     sql = (f"SELECT run_id, model, protocol, method, image_id, count(*) AS rows, {means}, "
            "avg(CAST(correct AS DOUBLE)) AS correct FROM metrics "
            f"WHERE {_REPORT_FILTER} GROUP BY run_id, model, protocol, method, image_id "
@@ -425,8 +445,8 @@ def report_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None,
     """One row per (run, model, protocol, method): every metric's mean over images of the per-image means
     (each image weighs the same), the number of images with a defined IoU (``images``), all images and rows
     behind the group, and the share of images whose top-1 is correct among those where it is defined."""
-    inner = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
-    outer = ", ".join(f"avg({c}) AS {c}" for c in REPORT_METRICS)
+    inner = ", ".join(f"avg({quote(c)}) AS {quote(c)}" for c in REPORT_METRICS)
+    outer = ", ".join(f"avg({quote(c)}) AS {quote(c)}" for c in REPORT_METRICS)
     sql = (f"WITH per_image AS (SELECT run_id, model, protocol, method, image_id, count(*) AS n_rows, {inner}, "
            f"avg(CAST(correct AS DOUBLE)) AS correct FROM metrics WHERE {_REPORT_FILTER} "
            "GROUP BY run_id, model, protocol, method, image_id) "

@@ -4,10 +4,10 @@ Layout under the store folder::
 
     runs/<run_id>.json                         config, versions, timings, counts of one run
     <table>/run_id=<run_id>/part-<key>.parquet  hive-partitioned part files of each table below
+    commits/run_id=<run_id>/<key>.json          a batch's commit record: its parts, row counts, sizes, SHA-256
 
-A batch commits its rows as one part per table with the same ``<key>``; the ``metrics`` part is written last
-and is the commit marker (a ``heatmaps``/``images`` part without its ``metrics`` twin is an interrupted
-write and is removed on the next run).
+A batch writes its rows as one part per table with the same ``<key>``, then its commit record, which is the
+commit marker: only parts a record lists count, and each is checked against it (:mod:`store.commits`).
 """
 
 from __future__ import annotations

@@ -2,83 +2,100 @@
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
-import os
 import time
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 
-from store.schema import COMMIT_TABLE, RESUME_KEY, SCHEMA_VERSION, STANDALONE_TABLES, TABLES, to_table
+from store.commits import (Committed, Part, atomic_write, committed, describe, part_bytes, record_dir, uncommit,
+                           write_record)
+from store.locks import Claim, StoreBusy, claim, manifest_lock  # noqa: F401 (StoreBusy: re-export)
+from store.schema import COMMIT_TABLE, RESUME_KEY, SCHEMA_VERSION, TABLES, to_table
 
 
 ORPHAN_AGE = 600.0  # seconds
+#: what identifies a skip row: a rerun that meets the same failure again does not record it twice
+SKIP_KEY = ("image_id", "stage", "reason")
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def manifest_lock(out: str | Path, run_id: str) -> Iterator[None]:
-    """An exclusive lock on ``runs/.<run_id>.lock`` (POSIX record lock: honoured across the nodes of an NFS
-    mount), held while a process merges its entry into the run manifest. Where the filesystem offers no
-    locks the block runs unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    path = Path(out) / "runs" / f".{run_id}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.lockf(fh, fcntl.LOCK_EX)
-        except OSError:
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.lockf(fh, fcntl.LOCK_UN)
+    atomic_write(path, data)
 
 
 class StoreWriter:
-    """Writes the parts of one run into ``out``; ``metrics`` last, as the commit marker of a batch.
+    """Writes the parts of one run into ``out``, each batch committed by its record (:mod:`store.commits`).
 
-    ``clean_orphans=False`` leaves the clean-up of stale leftovers to someone else (the driver of a Ray run
-    does it once, before any actor starts).
+    On opening, the writer checks every committed part of the run against its record (checksums included)
+    and removes each damaged batch, so the keys it held are owed again and a rerun recomputes exactly them
+    (``repaired`` lists what was removed); leftovers of interrupted writes go too. ``clean_orphans=False``
+    leaves both to someone else (the driver of a Ray run does it once, before any actor starts).
     """
 
-    def __init__(self, out: str | Path, run_id: str, clean_orphans: bool = True):
+    def __init__(self, out: str | Path, run_id: str, clean_orphans: bool = True,
+                 claim_shard: tuple[int, int] | None | bool = False):
+        """``claim_shard``: False to write without a claim (a Ray actor: its driver holds it), else the shard
+        this process writes (None: the whole run), claimed before anything is repaired — see
+        :func:`store.locks.claim`; :class:`store.locks.StoreBusy` names the live process that already writes
+        any of those images. Held until :meth:`close` or the end of the process."""
         self.out = Path(out)
         self.run_id = run_id
         for table in TABLES:
             self.part_dir(table).mkdir(parents=True, exist_ok=True)
         (self.out / "runs").mkdir(parents=True, exist_ok=True)
+        self._claim: Claim | None = None if claim_shard is False else claim(self.out, run_id, claim_shard)
+        self._adopt_unrecorded_run()
+        self.repaired: list[str] = self._repair() if clean_orphans else []
         self.removed_orphans = self._remove_orphans() if clean_orphans else 0
+        self._skips_seen = self._read_column_sets("skips", SKIP_KEY)
 
     def part_dir(self, table: str) -> Path:
         return self.out / table / f"run_id={self.run_id}"
 
+    def close(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+
+    def _counted(self, check: str = "footer") -> Committed:
+        return committed(self.out, self.run_id, check)
+
+    def _adopt_unrecorded_run(self) -> None:
+        """A run written before commit records existed gets a record for each committed batch (as the older
+        rule reads it), so that the batches this writer adds do not hide them."""
+        if record_dir(self.out, self.run_id).is_dir() or not any(self.part_dir(COMMIT_TABLE).glob("part-*.parquet")):
+            return
+        by_key: dict[str, list[Part]] = {}
+        for table, files in self._counted("size").files.items():
+            for path in files:
+                data = path.read_bytes()
+                rows = pq.ParquetFile(path).metadata.num_rows
+                key = path.stem[len("part-"):] + ("-skips" if table == "skips" else "")
+                by_key.setdefault(key, []).append(describe(table, path.name, data, rows))
+        for key, parts in by_key.items():
+            write_record(self.out, self.run_id, key, parts)
+
+    def _repair(self) -> list[str]:
+        found = self._counted("checksum")
+        for batch in found.damaged:
+            uncommit(self.out, batch)
+        for record in found.bad_records:
+            record.unlink(missing_ok=True)
+        return found.problems
+
     def _remove_orphans(self) -> int:
-        """Drop leftovers of an interrupted batch: temp files, and parts whose metrics twin never landed.
+        """Drop leftovers of an interrupted batch: temp files, and parts that no commit record lists.
 
         Only leftovers older than ``ORPHAN_AGE`` seconds go: another process of the same run (a shard, an
-        actor) may be between writing a batch's heatmaps part and its metrics part right now. Readers ignore
-        uncommitted parts anyway (:func:`store.query.connect`), so a young leftover is never seen."""
+        actor) may be between writing a batch's parts and its record right now. Readers ignore uncommitted
+        parts anyway (:mod:`store.commits`), so a young leftover is never seen."""
         cutoff = time.time() - ORPHAN_AGE
+        counted = {p for files in self._counted("size").files.values() for p in files}
         removed = 0
         for table in TABLES:
-            stale = [p for p in self.part_dir(table).glob(".*.tmp")]
-            if table not in STANDALONE_TABLES:
-                kept = set(self._committed_parts(table))
-                stale += [p for p in self.part_dir(table).glob("part-*.parquet") if p not in kept]
+            stale = list(self.part_dir(table).glob(".*.tmp"))
+            stale += [p for p in self.part_dir(table).glob("part-*.parquet") if p not in counted]
             for p in stale:
                 try:
                     if p.stat().st_mtime < cutoff:
@@ -88,18 +105,9 @@ class StoreWriter:
                     pass
         return removed
 
-    def _committed_parts(self, table: str) -> list[Path]:
-        """The parts of ``table`` that count: those with a ``metrics`` twin (the commit marker; every
-        ``metrics`` and ``skips`` part counts), as :func:`store.query.connect` reads them."""
-        parts = sorted(self.part_dir(table).glob("part-*.parquet"))
-        if table in STANDALONE_TABLES:
-            return parts
-        committed = {p.name for p in self.part_dir(COMMIT_TABLE).glob("part-*.parquet")}
-        return [p for p in parts if p.name in committed]
-
-    def _read_column_sets(self, table: str, columns: tuple[str, ...]) -> set[tuple]:
+    def _read_column_sets(self, table: str, columns: tuple[str, ...], counted: Committed | None = None) -> set[tuple]:
         done: set[tuple] = set()
-        for p in self._committed_parts(table):
+        for p in (counted or self._counted()).files[table]:
             t = pq.read_table(p, columns=list(columns))
             done.update(zip(*(t.column(c).to_pylist() for c in columns)))
         return done
@@ -109,39 +117,47 @@ class StoreWriter:
         return self._read_column_sets(COMMIT_TABLE, RESUME_KEY)
 
     def images_done(self) -> set[str]:
-        """Images with a committed ``images`` row (a part whose batch never wrote its ``metrics`` part is
-        ignored, as readers ignore it: its rows are written again)."""
+        """Images with a committed ``images`` row (a part whose batch never committed is ignored, as readers
+        ignore it: its rows are written again)."""
         return {k[0] for k in self._read_column_sets("images", ("image_id",))}
 
     def committed_counts(self) -> dict:
         """What the store holds for this run now: ``images`` (committed ``images`` rows), ``rows`` (committed
         metric rows) and ``skipped`` (images with a skip row and no committed ``images`` row: never
         explained, e.g. unreadable or below ``--min-confidence``)."""
-        images = self.images_done()
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in self._committed_parts(COMMIT_TABLE))
-        skipped = {k[0] for k in self._read_column_sets("skips", ("image_id",))} - images
+        counted = self._counted()
+        images = {k[0] for k in self._read_column_sets("images", ("image_id",), counted)}
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in counted.files[COMMIT_TABLE])
+        skipped = {k[0] for k in self._read_column_sets("skips", ("image_id",), counted)} - images
         return {"images": len(images), "skipped": len(skipped), "rows": rows}
 
     def write_batch(self, key: str, tables: dict[str, list[dict]]) -> None:
-        """Commit one batch: every non-empty table's part, then the metrics part (the commit marker)."""
+        """Commit one batch: every non-empty table's part (``metrics`` always, even empty), then its record."""
         name = f"part-{key}.parquet"
-        for table in sorted(tables, key=lambda t: t == COMMIT_TABLE):
-            rows = tables[table]
-            if not rows and table != COMMIT_TABLE:
-                continue
-            self._write(table, name, rows)
+        parts = [self._write(table, name, tables[table]) for table in sorted(tables, key=lambda t: t == COMMIT_TABLE)
+                 if tables[table] or table == COMMIT_TABLE]
+        write_record(self.out, self.run_id, key, parts)
 
     def write_skips(self, key: str, rows: list[dict]) -> None:
-        if rows:
-            self._write("skips", f"part-{key}.parquet", rows)
+        """Record skips (each failure once: a row equal on ``SKIP_KEY`` to a committed one is not written)."""
+        fresh, seen = [], set()
+        for r in rows:
+            k = tuple(r.get(c) for c in SKIP_KEY)
+            if k not in self._skips_seen and k not in seen:
+                seen.add(k)
+                fresh.append(r)
+        if fresh:  # named by content too: two calls for one batch never overwrite each other's part
+            tag = hashlib.sha1(repr(sorted(seen, key=repr)).encode()).hexdigest()[:8]
+            part = self._write("skips", f"part-{key}-{tag}.parquet", fresh)
+            write_record(self.out, self.run_id, f"{key}-skips-{tag}", [part])
+            self._skips_seen |= seen
 
-    def _write(self, table: str, name: str, rows: list[dict]) -> None:
+    def _write(self, table: str, name: str, rows: list[dict]) -> Part:
         for r in rows:
             r.setdefault("run_id", self.run_id)
-        path = self.part_dir(table) / name
-        tmp = path.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
-        pq.write_table(to_table(table, rows), tmp, compression="zstd")
-        os.replace(tmp, path)
+        data, n = part_bytes(to_table(table, rows))
+        atomic_write(self.part_dir(table) / name, data)
+        return describe(table, name, data, n)
 
     def write_shard_report(self, name: str, report: dict) -> Path:
         """Counts and timings of one shard: ``runs/<run_id>/<name>.json`` (shards never race on one file)."""

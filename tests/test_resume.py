@@ -23,17 +23,21 @@ def _cmd(voc_mini, out, extra=()):
             "vit_tiny_patch16_224", "--methods", METHODS, "--batch-size", "1", "--workers", "0", *extra]
 
 
+def committed_batches(out: Path) -> int:
+    """How many batches ``out`` holds committed: their commit records (skip records aside)."""
+    return sum(1 for p in out.glob("commits/run_id=*/*.json") if "-skips-" not in p.name)
+
+
 def kill_after_commits(cmd: list[str], out: Path, commits: int) -> int:
-    """Start ``cmd``, SIGKILL it once ``out`` holds ``commits`` committed batches (metrics parts), and return
-    how many were committed when it died."""
+    """Start ``cmd``, SIGKILL it once ``out`` holds ``commits`` committed batches, and return how many were
+    committed when it died."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    parts = out / "metrics"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("run_id=*/part-*.parquet"))) < commits:
+    while time.time() < deadline and committed_batches(out) < commits:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    return len(list(parts.glob("run_id=*/part-*.parquet")))
+    return committed_batches(out)
 
 
 def _rows(out):
