@@ -142,3 +142,29 @@ def test_voc_lse_target_is_the_logsumexp_of_the_member_logits_and_sums_their_pro
     assert torch.count_nonzero(grad[0]) == 3 and torch.count_nonzero(grad[1]) == 1
     with pytest.raises(ValueError):
         voc_logsumexp([()], [VOC["person"]])
+
+
+def test_a_head_trained_on_the_data_maps_by_name():
+    # before: the demo's own 4-class head got no map, so `correct` was NULL on every demo row
+    from compute.data.synthetic import CLASSES, class_names
+
+    names = class_names(CLASSES)
+    labels = list(reversed(CLASSES))                    # the head's order need not be the data's
+    cm, why = classmap_for(len(labels), labels, names)
+    assert why is None and cm is not None
+    for head_index, label in enumerate(labels):
+        data_index = names.index(label)
+        assert cm.voc_of(head_index) == data_index and cm.indices_of(data_index) == (head_index,)
+        assert cm.correct(head_index, [data_index]) is True
+        assert cm.correct(head_index, [d for d in range(1, len(names)) if d != data_index]) is False
+    assert cm.explainable(range(len(names))) == list(range(1, len(names)))
+
+
+@pytest.mark.parametrize("labels", [["disc", "square", "background"], ["disc", "disc"], ["disc", "kite"], []])
+def test_labels_that_are_not_the_data_classes_get_no_map_by_name(labels):
+    from compute.data.classmap import by_name
+    from compute.data.synthetic import class_names
+
+    assert by_name(labels, class_names()) is None
+    cm, why = classmap_for(len(labels), labels, class_names())
+    assert cm is None and "correct" in why

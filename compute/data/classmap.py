@@ -19,7 +19,11 @@ The map is data, shipped as ``imagenet_to_voc.json`` beside this module, with it
   listed under ``no_counterpart`` (none at present); code handles such a class as "never predicted".
 - Each ImageNet class maps to at most one VOC class; the other 751 ImageNet classes map to none.
 
-**Which heads it applies to.** Only a 1000-class head in ImageNet-1k order (timm's ``*in1k`` and
+**Heads trained on the data.** A head whose class names are the data's own object classes (the demo's, or any
+model fine-tuned on VOC with VOC's names as labels) needs no such map: each class is the head class of the
+same name (:func:`by_name`), and everything class-aware works as with the map.
+
+**Which heads the ImageNet map applies to.** Only a 1000-class head in ImageNet-1k order (timm's ``*in1k`` and
 ``*_ft_in1k`` weights, and random initialisations of such a head). A 21k/12k head, a custom head, or a
 headless backbone has no map: :func:`classmap_for` returns ``None`` with the reason, the class-aware parts
 then fall back (``correct`` is NULL, ``clean`` scores against all objects) and ``--explain present`` refuses
@@ -53,6 +57,7 @@ class ClassMap:
     name: str = "custom"
     version: int = 0
     info: dict = field(default_factory=dict, compare=False, repr=False)  # the file's per-class documentation
+    head_classes: int = IMAGENET_CLASSES  # how many classes the head has (indices are 0..head_classes-1)
 
     def __post_init__(self):
         seen: dict[int, int] = {}
@@ -60,8 +65,9 @@ class ClassMap:
             if not 0 < voc < len(self.voc_classes):
                 raise ClassMapError(f"VOC class index {voc} is outside 1..{len(self.voc_classes) - 1}")
             for i in idx:
-                if not 0 <= i < IMAGENET_CLASSES:
-                    raise ClassMapError(f"ImageNet index {i} (for {self.voc_classes[voc]}) is outside 0..999")
+                if not 0 <= i < self.head_classes:
+                    raise ClassMapError(f"head index {i} (for {self.voc_classes[voc]}) is outside "
+                                        f"0..{self.head_classes - 1}")
                 if i in seen:
                     raise ClassMapError(f"ImageNet index {i} maps to both {self.voc_classes[seen[i]]} and "
                                         f"{self.voc_classes[voc]}; each class may map to one VOC class")
@@ -116,11 +122,30 @@ def load_classmap() -> ClassMap:
     return ClassMap.from_file(DATA_FILE)
 
 
+def by_name(labels: Sequence[str], class_names: Sequence[str]) -> ClassMap | None:
+    """The map of a head whose labels are the data's own object classes (a head trained on the data, such as
+    the demo's): each data class is the head class of the same name. None when some head label is not one of
+    the data's object classes (``class_names[0]`` is the background and never a label)."""
+    objects = {name: i for i, name in enumerate(class_names) if i > 0}
+    if not labels or len(set(labels)) != len(labels) or not set(labels) <= set(objects):
+        return None
+    members = {objects[name]: (i,) for i, name in enumerate(labels)}
+    return ClassMap(members=members, voc_classes=tuple(class_names), name="head labels = data classes",
+                    head_classes=len(labels))
+
+
 def classmap_for(num_classes: int, labels: Sequence[str] | None = None,
                  class_names: Sequence[str] = VOC_CLASSES) -> tuple[ClassMap | None, str | None]:
-    """(map, None) when the class-aware protocol applies to this head and data; (None, reason) otherwise."""
+    """(map, None) when the class-aware protocol applies to this head and data; (None, reason) otherwise.
+
+    A head whose labels are the data's own class names maps by name (:func:`by_name`); otherwise an
+    ImageNet-1k head over VOC's classes maps through the shipped ImageNet-1k → VOC map."""
+    if labels is not None and num_classes == len(labels) and (named := by_name(labels, class_names)) is not None:
+        return named, None
     if tuple(class_names) != tuple(VOC_CLASSES):
-        return None, "the data's classes are not Pascal VOC's 20, so the ImageNet-1k → VOC map does not apply"
+        return None, ("the model's class names are not the data's classes, and the data's classes are not Pascal "
+                      "VOC's 20 (for which the ImageNet-1k → VOC map exists), so whether a prediction is right "
+                      "cannot be told: `correct` stays NULL")
     if num_classes == 0:
         return None, ("the model is headless (no class predictions), so the class-aware protocol is unsupported: "
                       "`correct` stays NULL and clean scores against all objects")
@@ -138,4 +163,5 @@ def classmap_for(num_classes: int, labels: Sequence[str] | None = None,
     return load_classmap(), None
 
 
-__all__ = ["ClassMap", "ClassMapError", "DATA_FILE", "IMAGENET_CLASSES", "classmap_for", "load_classmap"]
+__all__ = ["ClassMap", "ClassMapError", "DATA_FILE", "IMAGENET_CLASSES", "by_name", "classmap_for",
+           "load_classmap"]
