@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from store.parts import committed_parts
 from store.schema import (COMMIT_TABLE, METRIC_COLUMNS, STANDALONE_TABLES, TABLES, decode_heatmap,  # noqa: F401 (re-export)
                           empty_table)
 
@@ -40,11 +41,8 @@ def connect(store: str | Path) -> duckdb.DuckDBPyConnection:
     if not root.is_dir():
         raise StoreError(f"store folder {str(root)!r} does not exist; {FILL_HINT}")
     con = duckdb.connect()
-    committed = {(p.parent.name, p.name) for p in root.glob(f"{COMMIT_TABLE}/run_id=*/part-*.parquet")}
     for table in TABLES:
-        # a heatmaps/images part counts only once its batch's metrics part (the commit marker) exists
-        files = sorted(str(p) for p in root.glob(f"{table}/run_id=*/part-*.parquet")
-                       if table in STANDALONE_TABLES or (p.parent.name, p.name) in committed)
+        files = [str(p) for p in committed_parts(root, table)]  # a batch's parts once its commit marker exists
         if files:
             rel = con.read_parquet(files, hive_partitioning=False, union_by_name=True)
         else:

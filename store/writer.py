@@ -12,6 +12,7 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
+from store.parts import committed_parts
 from store.schema import COMMIT_TABLE, RESUME_KEY, SCHEMA_VERSION, STANDALONE_TABLES, TABLES, to_table
 
 
@@ -89,13 +90,8 @@ class StoreWriter:
         return removed
 
     def _committed_parts(self, table: str) -> list[Path]:
-        """The parts of ``table`` that count: those with a ``metrics`` twin (the commit marker; every
-        ``metrics`` and ``skips`` part counts), as :func:`store.query.connect` reads them."""
-        parts = sorted(self.part_dir(table).glob("part-*.parquet"))
-        if table in STANDALONE_TABLES:
-            return parts
-        committed = {p.name for p in self.part_dir(COMMIT_TABLE).glob("part-*.parquet")}
-        return [p for p in parts if p.name in committed]
+        """This run's parts of ``table`` that count (:func:`store.parts.committed_parts`)."""
+        return committed_parts(self.out, table, self.run_id)
 
     def _read_column_sets(self, table: str, columns: tuple[str, ...]) -> set[tuple]:
         done: set[tuple] = set()
