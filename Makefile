@@ -4,7 +4,8 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 VOC_ROOT ?= data/voc
 OUT      ?= results
-MODEL    ?= vit_base_patch16_224.orig_in21k_ft_in1k
+# the default model as compute/__init__.py names it (DEFAULT_MODEL), read without importing vitlens
+MODEL    ?= $(shell sed -n 's/^DEFAULT_MODEL = "\(.*\)"$$/\1/p' compute/__init__.py)
 METHODS  ?= all
 BATCH    ?= 32
 PYTEST_ARGS ?=

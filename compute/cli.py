@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from compute import DEFAULT_MODEL
+
 app = typer.Typer(
     name="vitlens",
     help="Why did the Vision Transformer decide that? Explanation maps for timm ViTs, scored against "
@@ -99,7 +101,7 @@ def compute(
     voc_root: Path = typer.Option(..., "--voc-root", help="Folder holding VOCdevkit (or VOCdevkit / VOC2012 itself)."),
     out: Path = typer.Option(Path("results"), "--out", help="Store folder (created; reruns resume into it)."),
     split: str = typer.Option("val", help="ImageSets/Segmentation split: train, val or trainval."),
-    model: str = typer.Option("vit_base_patch16_224.orig_in21k_ft_in1k", help="timm model name (`vitlens models`)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="timm model name (`vitlens models`)."),
     weights: Optional[Path] = typer.Option(None, help="Local checkpoint (.safetensors/.pth) instead of hub weights."),
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights (tests, offline smoke runs)."),
     img_size: Optional[int] = typer.Option(None, help="Input size in pixels (default: the model's own)."),

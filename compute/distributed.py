@@ -85,6 +85,7 @@ class _Explainer:
         torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the CPUs reserved, 1 for a GPU worker
         # the driver cleaned up stale leftovers before any actor started; a late actor must not do it again
         self.job = Job(config, writer=StoreWriter(config.out, config.run_id(), clean_orphans=False))
+        self.job.write_manifest()
         if len(self.job.dataset) != total:
             raise DatasetError(f"the Ray worker {self.actor} sees {len(self.job.dataset)} images under "
                                f"{config.voc_root!r}, the driver {total}: every node must see the same data")
@@ -116,14 +117,14 @@ class _Explainer:
         t0 = time.perf_counter()
         job, summary, ctx = self.job, self.job.summary, self.job.ctx
         indices = self.positions[k * self.batch_size:(k + 1) * self.batch_size]
-        prepare = job.prepared.__getitem__
-        items = list(self.pool.map(prepare, indices)) if self.pool else [prepare(i) for i in indices]
+        decode = job.decoded.__getitem__
+        items = list(self.pool.map(decode, indices)) if self.pool else [decode(i) for i in indices]
         before = {c: getattr(summary, c) for c in COUNTS}
-        capture, faith = ctx.capture_seconds, ctx.faithfulness_seconds
+        capture, faith = ctx.times.capture, ctx.times.faithfulness
         job.process(collate(items))
         return {"items": len(items), **{c: getattr(summary, c) - before[c] for c in COUNTS},
-                "capture_seconds": ctx.capture_seconds - capture,
-                "faithfulness_seconds": ctx.faithfulness_seconds - faith,
+                "capture_seconds": ctx.times.capture - capture,
+                "faithfulness_seconds": ctx.times.faithfulness - faith,
                 "busy_seconds": time.perf_counter() - t0, "device": str(job.device), "notes": self.notes}
 
 

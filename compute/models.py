@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_MODEL = "vit_base_patch16_224.orig_in21k_ft_in1k"
+from compute import DEFAULT_MODEL
+
 SUPPORTED_FAMILIES = ("vit_* (class-token ViTs)", "deit_* / deit3_* (distilled too)",
                       "*_dinov2 (with registers too)")
 # timm modules whose models are built from the plain ViT block; other modules (swin_transformer, eva, ...) are not.

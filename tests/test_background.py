@@ -37,9 +37,10 @@ def _in_line(config) -> None:
     """The same job with no background: every method finishes inside its batch."""
     job = Job(config)
     assert job.ctx.background is None
+    job.write_manifest()
     idx = job.indices
     for i in range(0, len(idx), config.batch_size):
-        job.process(collate([job.prepared[k] for k in idx[i:i + config.batch_size]]))
+        job.process(collate([job.decoded[k] for k in idx[i:i + config.batch_size]]))
     job.finish()
 
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from compute import runner
 from compute.data.voc import VOCSegmentation
 from compute.methods import REGISTRY, Method
 from compute.runner import RunConfig, run
+from compute.runner import job as job_module
 from store.query import connect
 
 # one single-class image, two with two classes: per batch the passes are top-1 (3 images), the first present
@@ -148,18 +148,18 @@ def test_crash_between_two_deferred_parts_then_rerun_equals_an_uninterrupted_run
     """A deferred method commits one part per pass; the run dies after the top-1 pass's part (its report rows)
     and before the present classes' parts. The rerun adds only the clean rows of that method."""
     out = tmp_path / "s"
-    commit, calls = runner._commit_later, []
+    commit, calls = job_module.commit_deferred, []
 
-    def dies_on_second(later, done, ctx):
-        calls.append(later.key)
+    def dies_on_second(deferred, finished, ctx):
+        calls.append(deferred.key)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
-        return commit(later, done, ctx)
+        return commit(deferred, finished, ctx)
 
-    monkeypatch.setattr(runner, "_commit_later", dies_on_second)
+    monkeypatch.setattr(job_module, "commit_deferred", dies_on_second)
     with pytest.raises(OSError):
         _run(voc_mini, out)
-    monkeypatch.setattr(runner, "_commit_later", commit)
+    monkeypatch.setattr(job_module, "commit_deferred", commit)
     con = connect(out)
     assert con.execute("SELECT protocol, count(*) FROM metrics WHERE method = 'late_present' "
                        "GROUP BY ALL").fetchall() == [("report", 3)]

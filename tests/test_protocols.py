@@ -10,7 +10,8 @@ from compute.data.classmap import load_classmap
 from compute.data.voc import VOC_CLASSES, VOCSegmentation
 from compute.metrics import score
 from compute.models import LoadedModel
-from compute.runner import RunConfig, _ground_truth, run
+from compute.runner import RunConfig, run
+from compute.runner.rows import ground_truth
 from store.query import connect
 from tests.conftest import make_vit
 
@@ -72,12 +73,12 @@ def test_ground_truth_rule_per_row():
     cmap = load_classmap()
     present = [VOC["dog"], VOC["person"]]
     golden, tabby, suit = 207, 281, 834
-    assert _ground_truth("report", present, golden, None, cmap, VOC_CLASSES) == (None, "dog,person")
-    assert _ground_truth("clean", present, golden, None, cmap, VOC_CLASSES) == ([VOC["dog"]], "dog")
-    assert _ground_truth("clean", present, tabby, None, cmap, VOC_CLASSES) == ([], None)   # absent class
-    assert _ground_truth("clean", present, suit, None, cmap, VOC_CLASSES) == ([], None)    # maps to nothing
-    assert _ground_truth("clean", present, None, VOC["person"], cmap, VOC_CLASSES) == ([VOC["person"]], "person")
-    assert _ground_truth("clean", present, golden, None, None, VOC_CLASSES) == (None, "dog,person")  # no map
+    assert ground_truth("report", present, golden, None, cmap, VOC_CLASSES) == (None, "dog,person")
+    assert ground_truth("clean", present, golden, None, cmap, VOC_CLASSES) == ([VOC["dog"]], "dog")
+    assert ground_truth("clean", present, tabby, None, cmap, VOC_CLASSES) == ([], None)   # absent class
+    assert ground_truth("clean", present, suit, None, cmap, VOC_CLASSES) == ([], None)    # maps to nothing
+    assert ground_truth("clean", present, None, VOC["person"], cmap, VOC_CLASSES) == ([VOC["person"]], "person")
+    assert ground_truth("clean", present, golden, None, None, VOC_CLASSES) == (None, "dog,person")  # no map
 
 
 @pytest.fixture(scope="module")
