@@ -11,7 +11,7 @@ import torch
 
 from compute.data.classmap import ClassMap
 from compute.methods import Method
-from compute.metrics.batched import score_image
+from compute.metrics.batched import score_images
 from compute.models import LoadedModel
 from compute.runner.context import RunContext
 from compute.runner.passes import Pass, PassOutputs
@@ -99,34 +99,67 @@ def checked_map(out: torch.Tensor, n: int) -> torch.Tensor:
 def score_pass(plan: Pass, outputs: PassOutputs, items: list[dict], todo: dict, maps: PassMaps, curves: dict,
                ctx: RunContext, batch: BatchRows) -> None:
     """Add the metric and heatmap rows of one pass's maps (``items``: the pass's images) to ``batch``: every
-    map of an image is scored against every protocol's ground truth at once, on the job's device; only the
-    rows still owed are added."""
+    map of every image is scored against every protocol's ground truth together (:func:`score_images`), on
+    the job's device; only the rows still owed are added. An image whose scoring fails (e.g. out of memory on
+    a huge image) gets a skip row with the reason; the other images' rows are kept."""
     with ctx.times.timed("scoring"):
         probs = None if ctx.loaded.headless else torch.softmax(outputs.logits, dim=-1)
         maps_np = {key: out.cpu().numpy() for key, (_, out, _) in maps.items()}
+        owed = []  # (j, image, methods that still owe rows, the rows' ground truths)
         for j, it in enumerate(items):
             left = todo[it["image_id"]].get(plan.unit(j), {})  # method key -> protocols still owed
             keys = [key for key in maps if key in left]
             if keys:
-                _score_image(plan, outputs, probs, j, it, keys, left, maps, maps_np, curves, ctx, batch)
+                owed.append((j, it, keys, _truths(plan, outputs, j, it, ctx)))
+        scored = _scores(plan, owed, maps, ctx, batch)
+        for (j, it, keys, truths), scores in zip(owed, scored):
+            if scores is not None:
+                _add_rows(plan, outputs, probs, j, it, keys, truths, scores, todo, maps, maps_np, curves, ctx, batch)
 
 
-def _score_image(plan: Pass, outputs: PassOutputs, probs, j: int, it: dict, keys: list[str], left: dict,
-                 maps: PassMaps, maps_np: dict, curves: dict, ctx: RunContext, batch: BatchRows) -> None:
+def _truths(plan: Pass, outputs: PassOutputs, j: int, it: dict, ctx: RunContext) -> list[tuple]:
+    """``(protocol, gt_classes, gt_target)`` of each of the pass's protocols for its ``j``-th image."""
+    tc = outputs.target_class[j]
+    voc = plan.voc[j] if plan.voc is not None else None
+    explained = tc if (tc >= 0 and voc is None and plan.target.kind == "logit") else None
+    return [(protocol, *ground_truth(protocol, it["classes"], explained, voc, ctx.cmap, ctx.class_names))
+            for protocol in plan.protocols]
+
+
+def _scores(plan: Pass, owed: list[tuple], maps: PassMaps, ctx: RunContext, batch: BatchRows) -> list:
+    """Each owed image's scores (``[method][protocol]`` rows), or None for an image whose scoring failed (its
+    skip rows are added to ``batch``)."""
+    def item(j, it, keys, truths):
+        return ([maps[key][1][j] for key in keys], it["mask"], [(p, classes) for p, classes, _ in truths],
+                it["extra_masks"].get("cue"))
+
+    try:
+        return score_images([item(*o) for o in owed], device=ctx.device)
+    except (RuntimeError, MemoryError, ValueError):
+        pass  # one image may be the cause: score them one by one and keep every image that can be scored
+    results = []
+    for o in owed:
+        try:
+            results.append(score_images([item(*o)], device=ctx.device)[0])
+        except (RuntimeError, MemoryError, ValueError) as exc:
+            results.append(None)
+            batch.skips += [{"image_id": o[1]["image_id"], "stage": f"score:{key}",
+                             "reason": f"{type(exc).__name__}: {exc}"[:500]} for key in o[2]]
+    return results
+
+
+def _add_rows(plan: Pass, outputs: PassOutputs, probs, j: int, it: dict, keys: list[str], truths: list[tuple],
+              scores: list, todo: dict, maps: PassMaps, maps_np: dict, curves: dict, ctx: RunContext,
+              batch: BatchRows) -> None:
     """The rows of the pass's ``j``-th image (``it``), for the methods ``keys`` that still owe some."""
     loaded, cmap, class_names = ctx.loaded, ctx.cmap, ctx.class_names
+    left = todo[it["image_id"]].get(plan.unit(j), {})
     tc = outputs.target_class[j]
     pred = int(outputs.logits[j].argmax()) if probs is not None else None
     voc = plan.voc[j] if plan.voc is not None else None
     target_class = voc if voc is not None else (tc if tc >= 0 else None)
     target_label = (class_name(class_names, voc) if voc is not None
                     else loaded.label(tc) if tc >= 0 else plan.target.kind)
-    explained = tc if (tc >= 0 and voc is None and plan.target.kind == "logit") else None
-    truths = [(protocol, *ground_truth(protocol, it["classes"], explained, voc, cmap, class_names))
-              for protocol in plan.protocols]
-    scores = score_image([maps[key][1][j] for key in keys], it["mask"],
-                         [(protocol, gt_classes) for protocol, gt_classes, _ in truths],
-                         cue=it["extra_masks"].get("cue"), device=ctx.device)
     for key, per_protocol in zip(keys, scores):
         m, _, seconds = maps[key]
         common = {
@@ -142,9 +175,9 @@ def _score_image(plan: Pass, outputs: PassOutputs, probs, j: int, it: dict, keys
         if key in curves:
             common["deletion_auc"] = float(curves[key].deletion_auc[j])
             common["insertion_auc"] = float(curves[key].insertion_auc[j])
-        for (protocol, _, gt_target), scored in zip(truths, per_protocol):
+        for (protocol, _, gt_target), row in zip(truths, per_protocol):
             if protocol in left[key]:  # never a row that is already committed
-                batch.metrics.append({**common, "protocol": protocol, "gt_target": gt_target, **scored})
+                batch.metrics.append({**common, "protocol": protocol, "gt_target": gt_target, **row})
         if len(left[key]) < len(plan.protocols):
             continue  # the map's heatmap row was committed with its other protocols' rows
         heatmap = maps_np[key][j]
