@@ -149,20 +149,9 @@ def _score_chunk(items: Sequence[Item], chunk: list[tuple[int, int]], size: tupl
     thresholds = otsu_thresholds(counts.cpu().numpy())                  # the one sync before the end
     binary = (norm > torch.from_numpy(thresholds).to(device)[:, None]) & ~const[:, None]
 
-    stats = torch.full((M, R, 9 + (7 if items[chunk[0][0]][3] is not None else 0)), float("nan"),
-                       dtype=torch.float64, device=device)
-    positive = values.clamp(min=0)
-    for r in range(R):
-        g, v = gts[img, r], valids[img, r]                               # [M, N] this request's truth per map
-        stats[:, r, 0] = (binary & g).sum(dim=1)
-        stats[:, r, 1] = (binary & v).sum(dim=1)
-        stats[:, r, 2] = v.sum(dim=1)
-        stats[:, r, 3] = g.sum(dim=1)
-        stats[:, r, 4] = torch.where(v, positive, 0.0).sum(dim=1, dtype=torch.float64)
-        stats[:, r, 5] = torch.where(g, positive, 0.0).sum(dim=1, dtype=torch.float64)
-    del positive
-    if stats.shape[2] > 9:
-        _cue_stats(stats, items, chunk, images, img, norm, binary, gts, valids, device)
+    cues = _cues(items, images, N, device) if items[chunk[0][0]][3] is not None else None
+    stats = torch.full((M, R, 9 + (7 if cues is not None else 0)), float("nan"), dtype=torch.float64, device=device)
+    _mask_sums(stats, img, binary, values.clamp(min=0), norm, gts, valids, cues)
     del norm
     _threshold_free_stats(stats, values, img, gts, valids)
     table = stats.cpu().numpy()
@@ -181,28 +170,40 @@ def _score_chunk(items: Sequence[Item], chunk: list[tuple[int, int]], size: tupl
     return rows
 
 
-def _cue_stats(stats, items, chunk, images, img, norm, binary, gts, valids, device) -> None:
-    """Columns 9.. of ``stats``: the cue family's sums (see :func:`_cue_row`)."""
-    n = gts.shape[2]
+def _cues(items: Sequence[Item], images: list[int], n: int, device: torch.device) -> torch.Tensor:
+    """``[B, N]`` cue masks of the chunk's images."""
     cues = []
     for i in images:
         c = _as_tensor(items[i][3], device).reshape(-1)
         if c.shape[0] != n:
             raise ValueError(f"cue mask has {c.shape[0]} pixels, class mask {n}")
         cues.append(c.bool())
-    cue = torch.stack(cues)[img]                                          # [M, N]
-    for r in range(gts.shape[1]):
-        v = valids[img, r]
-        cue_r = cue & v
-        obj_r = gts[img, r] & ~cue_r
-        for col, (weights, of) in enumerate(((norm, v), (norm, cue_r), (norm, obj_r), (binary, cue_r),
-                                             (binary, obj_r), (None, cue_r), (None, obj_r))):
-            if weights is None:
-                stats[:, r, 9 + col] = of.sum(dim=1)
-            elif weights.dtype == torch.bool:
-                stats[:, r, 9 + col] = (weights & of).sum(dim=1)
-            else:
-                stats[:, r, 9 + col] = torch.where(of, weights, 0.0).sum(dim=1, dtype=torch.float64)
+    return torch.stack(cues)
+
+
+def _mask_sums(stats, img, binary, positive, norm, gts, valids, cues) -> None:
+    """Columns 0-5 of ``stats`` (confusion counts and relevance mass) and, with ``cues``, 9-15 (the cue family's
+    sums, see :func:`_cue_row`): per image, its maps (binary, positive part, normalised) times each of its
+    request masks, as float64 matrix-vector products (0/1 counts are exact; sums are float64)."""
+    for b in range(gts.shape[0]):
+        rows = (img == b).nonzero()[:, 0]
+        if not len(rows):
+            continue
+        k = len(rows)
+        maps = torch.cat([binary[rows], positive[rows], norm[rows]]).double()    # [3k, N]
+        for r in range(gts.shape[1]):
+            g, v = gts[b, r], valids[b, r]
+            on_v, on_g = maps @ v.double(), maps @ g.double()
+            stats[rows, r, 0], stats[rows, r, 1] = on_g[:k], on_v[:k]             # tp, predicted valid
+            stats[rows, r, 2], stats[rows, r, 3] = float(v.sum()), float(g.sum())
+            stats[rows, r, 4], stats[rows, r, 5] = on_v[k:2 * k], on_g[k:2 * k]   # mass total, on object
+            if cues is not None:
+                cue_r = cues[b] & v
+                obj_r = g & ~cue_r
+                on_cue, on_obj = maps @ cue_r.double(), maps @ obj_r.double()
+                stats[rows, r, 9], stats[rows, r, 10], stats[rows, r, 11] = on_v[2 * k:], on_cue[2 * k:], on_obj[2 * k:]
+                stats[rows, r, 12], stats[rows, r, 13] = on_cue[:k], on_obj[:k]
+                stats[rows, r, 14], stats[rows, r, 15] = float(cue_r.sum()), float(obj_r.sum())
 
 
 def _threshold_free_stats(stats, values, img, gts, valids) -> None:
@@ -217,22 +218,26 @@ def _threshold_free_stats(stats, values, img, gts, valids) -> None:
     gid = ((torch.cumsum(new_group, dim=1) - 1) + torch.arange(M, device=device)[:, None] * N).reshape(-1)
     del new_group
     ar = torch.arange(N, device=device)
+    counts = torch.float32 if N < 2**24 else torch.float64                # integer counts, exact either way
+    at = (order + img[:, None] * N).reshape(-1)                         # each sorted pixel in its image's masks
     for r in range(gts.shape[1]):
-        w = valids[img, r].gather(1, order).double().reshape(-1)
-        h = gts[img, r].gather(1, order).double().reshape(-1)
-        c = torch.zeros(M * N, dtype=torch.float64, device=device).index_add_(0, gid, w).view(M, N)
-        del w
-        hits = torch.zeros(M * N, dtype=torch.float64, device=device).index_add_(0, gid, h).view(M, N)
-        del h
-        n_pos, n = hits.sum(dim=1), c.sum(dim=1)
-        safe_c = c.clamp(min=1.0)                                        # empty groups have no hits either
+        w = valids[:, r].reshape(-1)[at].to(counts)
+        h = gts[:, r].reshape(-1)[at].to(counts)
+        c = torch.zeros(M * N, dtype=counts, device=device).index_add_(0, gid, w).view(M, N)
+        hits = torch.zeros(M * N, dtype=counts, device=device).index_add_(0, gid, h).view(M, N)
+        del w, h
+        n_pos, n = hits.sum(dim=1, dtype=torch.float64), c.sum(dim=1, dtype=torch.float64)
         last = ((c > 0) * ar).amax(dim=1, keepdim=True)                  # the maximum's group
-        stats[:, r, 6] = hits.gather(1, last)[:, 0] / safe_c.gather(1, last)[:, 0]
+        stats[:, r, 6] = hits.gather(1, last)[:, 0].double() / c.gather(1, last)[:, 0].double().clamp(min=1.0)
         incl = torch.cumsum(c, dim=1)                                    # valid pixels in groups <= g
-        take = torch.minimum((n_pos[:, None] - (n[:, None] - incl)).clamp_(min=0.0), c)  # share of the top n_pos
-        stats[:, r, 7] = (hits * take / safe_c).sum(dim=1) / n_pos
-        del take
-        rank_sum = (hits * (incl - (c - 1.0) / 2.0)).sum(dim=1)           # mid-rank of each group, 1-based
+        # only groups with object pixels contribute below: take them alone, in float64
+        m_idx, g_idx = (hits > 0).nonzero(as_tuple=True)
+        hv, cv, iv = (t[m_idx, g_idx].double() for t in (hits, c, incl))
+        del c, hits, incl
+        take = torch.minimum((n_pos[m_idx] - (n[m_idx] - iv)).clamp_(min=0.0), cv)  # share of the top n_pos
+        zero = torch.zeros(M, dtype=torch.float64, device=device)
+        stats[:, r, 7] = zero.index_add(0, m_idx, hv * take / cv) / n_pos
+        rank_sum = zero.index_add(0, m_idx, hv * (iv - (cv - 1.0) / 2.0))  # mid-rank of each group, 1-based
         stats[:, r, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
 
 
