@@ -97,7 +97,7 @@ def evidence(decisions: pd.DataFrame) -> pd.DataFrame:
 
 def variant_caption(row: dict | None, variant: str) -> str:
     if row is None:
-        return f"`{variant}` · not stored"
+        return f"`{variant}` · {'no cue in this image' if variant == 'no_cue' else 'not stored'}"
     if not common.is_missing(row.get("reason")):
         return f"`{variant}` · not made: {row['reason']}"
     p = row.get("score")
@@ -107,9 +107,10 @@ def variant_caption(row: dict | None, variant: str) -> str:
     return f"`{variant}` · {row.get('pred_label') or '–'} · p {common.fmt(p, 2)}{kept}{flip}{extra}"
 
 
-def evidence_card(rank: int, d: dict, cf_rows: pd.DataFrame, batch: tuple, methods: list[str], style) -> str:
-    """One decision: the original, each stored variant (redrawn) with what the model predicted on it, and the
-    maps of ``methods``; returns the fill its variants were made with."""
+def evidence_card(rank: int, d: dict, cf_rows: pd.DataFrame, batch: tuple, shown: list[str], methods: list[str],
+                  style) -> str:
+    """One decision: the original, each variant of ``shown`` (redrawn) with what the model predicted on it, and
+    the maps of ``methods``; returns the fill its variants were made with."""
     image_id = d["image_id"]
     st.markdown(f"**#{rank} · {image_id}** · object {d.get('gt_target') or '–'} · verdict "
                 f"**{d.get('verdict') or '–'}** · context reliance {common.fmt(d.get('context_reliance'), 2)} · "
@@ -117,7 +118,6 @@ def evidence_card(rank: int, d: dict, cf_rows: pd.DataFrame, batch: tuple, metho
                 f"{common.fmt(d.get('confidence'), 2)}")
     rows = {r["variant"]: r for r in cf_rows[(cf_rows["image_id"] == image_id)
                                              & (cf_rows["target_class"] == d["target_class"])].to_dict("records")}
-    shown = [v for v in SHOWN_VARIANTS if v != "no_cue" or v in rows]
     cols = st.columns(1 + len(shown) + len(methods))
     gt_target = common.nan_to_none(d.get("gt_target"))
     fill = next((r["fill"] for r in rows.values() if r.get("fill")), "gray")
@@ -175,10 +175,12 @@ def evidence_section(decisions: pd.DataFrame) -> None:
     outcomes = data_cf.outcomes(view.store, view.fp, view.run_id, ids, protocol)
     partners = tuple(p for p in dict.fromkeys(outcomes["partner_id"].dropna()) if p not in ids)
     batch = ids + partners
+    # the same columns on every card: no_cue only where some image of the page has a cue
+    variants = [v for v in SHOWN_VARIANTS if v != "no_cue" or (outcomes["variant"] == v).any()]
     style = common.overlay_controls(view)
     fill = "gray"
     for k, d in enumerate(shown.to_dict("records")):
-        fill = evidence_card(start + k + 1, d, outcomes, batch, methods, style) or fill
+        fill = evidence_card(start + k + 1, d, outcomes, batch, variants, methods, style) or fill
     st.caption(f"{len(ranked)} decisions, strongest context reliance first (p(no_fg) / p(original), clipped to "
                f"[0, 1]). The variant pictures are **display reconstructions** from the stored thumbnail and masks "
                f"(fill `{fill}`{', approximated at thumbnail resolution' if fill == 'blur' else ''}): the store keeps "

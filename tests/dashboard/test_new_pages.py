@@ -64,6 +64,7 @@ def test_shortcuts_tables_equal_the_store_queries(cf_store, app_at):
     captions = [c.value for c in at.caption]
     for variant in ("no_fg", "only_fg", "mixed_rand"):
         assert sum(c.startswith(f"`{variant}`") for c in captions) == 5
+    assert sum(c.startswith("`no_cue`") for c in captions) == 5   # a column on every card: some have a cue
     assert sum(c.startswith("map · ") for c in captions) == 5 * len(synth_cf.METHODS)
 
 
