@@ -14,15 +14,15 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from store import shortcuts, variants
+from store import shortcuts, trust, variants
 
-#: bootstrap resamples of the page's intervals (``vitlens report --shortcuts`` uses store.shortcuts.BOOTSTRAP)
-RESAMPLES = 400
+#: bootstrap resamples of the page's intervals: as many as ``vitlens report --shortcuts``, so the numbers agree
+RESAMPLES = shortcuts.BOOTSTRAP
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def has_counterfactuals(store: str, fp: str, run_id: str) -> bool:
-    return bool(data._run(store, fp, variants.has_counterfactuals, run_id))
+def stored_variants(store: str, fp: str, run_id: str) -> tuple[str, ...]:
+    return tuple(data._run(store, fp, variants.stored_variants, run_id))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -30,15 +30,23 @@ def reliance(store: str, fp: str, run_id: str, protocol: str) -> pd.DataFrame:
     return data._run(store, fp, shortcuts.reliance, run_id, protocol)
 
 
-#: the page's tables, each a function of (connection, run_id, protocol, resamples=...) in store.shortcuts
+#: the page's tables, each a function of (connection, run_id, protocol, resamples=...) in store.shortcuts; the
+#: method-trust table has its own entry (:func:`method_trust`)
 STATISTICS = {"context_share": shortcuts.context_share_by_class, "bg_gap": shortcuts.bg_gap,
-              "method_trust": shortcuts.method_trust, "cue_trust": shortcuts.cue_trust}
+              "cue_trust": shortcuts.cue_trust}
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def statistic(store: str, fp: str, run_id: str, protocol: str, name: str) -> pd.DataFrame:
     """One of :data:`STATISTICS` of a run under a protocol, with :data:`RESAMPLES` bootstrap resamples."""
     return data._run(store, fp, STATISTICS[name], run_id, protocol, resamples=RESAMPLES)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def method_trust(store: str, fp: str, run_id: str, protocol: str, interval: str) -> pd.DataFrame:
+    """The method-trust table with ``interval`` "normal" (instant) or "bootstrap" (as the report, seconds on a
+    large store; store.trust)."""
+    return data._run(store, fp, trust.method_trust, run_id, protocol, resamples=RESAMPLES, interval=interval)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -72,7 +80,8 @@ def _region(mask: np.ndarray, protocol: str, gt_target: str | None, names, size_
 def variant_jpeg(store: str, fp: str, run_id: str, batch: tuple[str, ...], image_id: str, variant: str,
                  protocol: str, gt_target: str | None, fill: str, partner_id: str | None = None) -> bytes:
     """JPEG of ``variant`` of ``image_id`` redrawn for display (store.variants): empty bytes when the picture,
-    its mask, or (``mixed_rand``) the partner's picture is not stored. ``batch``: the ids fetched together."""
+    its mask, or (``mixed_rand``) the partner's picture is not stored. ``batch``: the ids fetched together, the
+    partners of the ``mixed_rand`` variants among them."""
     recs = data.images(store, fp, run_id, batch)
     rec = recs.get(image_id)
     if rec is None or rec.get("thumbnail") is None or rec.get("mask_png") is None:
@@ -87,7 +96,7 @@ def variant_jpeg(store: str, fp: str, run_id: str, batch: tuple[str, ...], image
             return b""
         extra["cue"] = variants.resize_mask(cue > 0, size)
     elif variant == "mixed_rand":
-        partner = data.images(store, fp, run_id, (partner_id,)).get(partner_id) if partner_id else None
+        partner = recs.get(partner_id) if partner_id else None
         if partner is None or partner.get("thumbnail") is None or partner.get("mask_png") is None:
             return b""
         p_rgb, p_mask, _ = _pixels(partner, size)

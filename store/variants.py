@@ -46,7 +46,7 @@ def object_region(mask: np.ndarray, protocol: str, classes: list[int] | None) ->
     """The object region (bool, the mask's resolution) of a class-index ``mask`` for one row: under ``report``
     (or ``classes`` None) every non-background pixel, void included; under ``clean`` the pixels of ``classes``
     and the void within :data:`VOID_REACH` pixels of them (a square neighbourhood, as the job's max-pool)."""
-    from scipy.ndimage import binary_dilation
+    from scipy.ndimage import maximum_filter
 
     mask = np.asarray(mask)
     if protocol == "report" or classes is None:
@@ -55,7 +55,7 @@ def object_region(mask: np.ndarray, protocol: str, classes: list[int] | None) ->
         raise ValueError(f"unknown protocol {protocol!r}")
     region = np.isin(mask, list(classes))
     if region.any():
-        near = binary_dilation(region, structure=np.ones((2 * VOID_REACH + 1,) * 2, dtype=bool))
+        near = maximum_filter(region.view(np.uint8), size=2 * VOID_REACH + 1, mode="constant") > 0
         region = region | ((mask == VOID) & near)
     return region
 
@@ -136,9 +136,11 @@ def variant_image(variant: str, rgb: np.ndarray, region: np.ndarray, fill: str, 
 # what the store says about each variant
 
 
-def has_counterfactuals(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
-    """Whether the run stored any counterfactual row (older stores and ``--no-counterfactuals`` runs did not)."""
-    return con.execute("SELECT count(*) > 0 FROM counterfactuals WHERE run_id = ?", [run_id]).fetchone()[0]
+def stored_variants(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    """The variants the run stored rows of, sorted; empty when it has none (older stores and
+    ``--no-counterfactuals`` runs), ``no_cue`` only where its data had planted cues."""
+    return [r[0] for r in con.execute("SELECT DISTINCT variant FROM counterfactuals WHERE run_id = ? ORDER BY 1",
+                                      [run_id]).fetchall()]
 
 
 def variant_outcomes(con: duckdb.DuckDBPyConnection, run_id: str, image_ids: list[str],
@@ -154,4 +156,4 @@ def variant_outcomes(con: duckdb.DuckDBPyConnection, run_id: str, image_ids: lis
 
 
 __all__ = ["BLUR_SIGMA", "VOID_REACH", "FILLS", "SHOWN_VARIANTS", "object_region", "resize_mask", "fill_values",
-           "replace_region", "variant_image", "has_counterfactuals", "variant_outcomes"]
+           "replace_region", "variant_image", "stored_variants", "variant_outcomes"]

@@ -18,6 +18,7 @@ from store.shortcuts import CONFIDENT, SURVIVES, VERDICTS
 from store.variants import SHOWN_VARIANTS
 
 PER_PAGE = (5, 10, 20)
+TABLE_ROWS = 1000  # rows of the ranked-decisions table sent to the browser
 VERDICT_CHOICES = ("all", *VERDICTS)
 RECOMPUTE = ("vitlens compute --voc-root <VOC folder> --out {store}  "
              "# counterfactuals are on by default: leave out --no-counterfactuals")
@@ -116,8 +117,9 @@ def evidence_card(rank: int, d: dict, cf_rows: pd.DataFrame, batch: tuple, shown
                 f"**{d.get('verdict') or '–'}** · context reliance {common.fmt(d.get('context_reliance'), 2)} · "
                 f"object sufficiency {common.fmt(d.get('object_sufficiency'), 2)} · confidence "
                 f"{common.fmt(d.get('confidence'), 2)}")
-    rows = {r["variant"]: r for r in cf_rows[(cf_rows["image_id"] == image_id)
-                                             & (cf_rows["target_class"] == d["target_class"])].to_dict("records")}
+    tc = common.nan_to_none(d.get("target_class"))
+    same_target = cf_rows["target_class"].isna() if tc is None else cf_rows["target_class"] == tc
+    rows = {r["variant"]: r for r in cf_rows[(cf_rows["image_id"] == image_id) & same_target].to_dict("records")}
     cols = st.columns(1 + len(shown) + len(methods))
     gt_target = common.nan_to_none(d.get("gt_target"))
     fill = next((r["fill"] for r in rows.values() if r.get("fill")), "gray")
@@ -136,7 +138,6 @@ def evidence_card(rank: int, d: dict, cf_rows: pd.DataFrame, batch: tuple, shown
             if img:
                 st.image(img, width="stretch")
             st.caption(variant_caption(r, v))
-    tc = common.nan_to_none(d.get("target_class"))
     for col, m in zip(cols[1 + len(shown):], methods):
         with col:
             img = data.overlay(view.store, view.fp, view.run_id, batch, image_id, m,
@@ -186,8 +187,8 @@ def evidence_section(decisions: pd.DataFrame) -> None:
                f"(fill `{fill}`{', approximated at thumbnail resolution' if fill == 'blur' else ''}): the store keeps "
                "what the model did on each variant, not the pictures it was fed; predictions and probabilities are "
                "the stored ones.")
-    with st.expander("All ranked decisions (select one to open the image)"):
-        table = ranked[["image_id", "gt_target", "verdict", "context_reliance", "object_sufficiency",
+    with st.expander(f"All ranked decisions (the first {min(len(ranked), TABLE_ROWS):,}; select one to open the image)"):
+        table = ranked.head(TABLE_ROWS)[["image_id", "gt_target", "verdict", "context_reliance", "object_sufficiency",
                         "background_following", "confidence", "correct"]]
         event = st.dataframe(table, hide_index=True, key="evidence_table", on_select="rerun",
                              selection_mode="single-row", column_config={
@@ -207,7 +208,11 @@ def evidence_section(decisions: pd.DataFrame) -> None:
 
 def trust_section() -> None:
     st.subheader("Which explanation exposes shortcuts best")
-    trust = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "method_trust")
+    us.declare(us.flag("sc_boot", False))
+    boot = st.toggle("Bootstrap intervals", key="sc_boot",
+                     help=f"{data_cf.RESAMPLES} resamples of the decisions, as `vitlens report --shortcuts` (seconds on "
+                          "a large store); off: normal approximations (Fisher's z for ρ, Hanley & McNeil for ROC-AUC)")
+    trust = data_cf.method_trust(view.store, view.fp, view.run_id, protocol, "bootstrap" if boot else "normal")
     trust = trust[trust["method"].isin(view.methods)] if view.methods else trust
     if trust.empty:
         st.info("No method's map has a relevance mass on decisions with a reliance score under this protocol.")
@@ -219,16 +224,18 @@ def trust_section() -> None:
                      "method": st.column_config.TextColumn("Method", pinned=True),
                      "auc": st.column_config.NumberColumn("ROC-AUC", format="%.2f",
                                                           help="mass off the object flags context-driven decisions"),
-                     "auc_ci": st.column_config.TextColumn("95 % interval"),
+                     "auc_ci": st.column_config.TextColumn("95 % interval (AUC)"),
                      "n_pos": st.column_config.NumberColumn("Context-driven"),
                      "n_neg": st.column_config.NumberColumn("Other verdicts"),
                      "rho": st.column_config.NumberColumn("Spearman ρ", format="%.2f",
                                                           help="mass off the object vs context reliance"),
-                     "rho_ci": st.column_config.TextColumn("95 % interval "),
+                     "rho_ci": st.column_config.TextColumn("95 % interval (ρ)"),
                      "n_rho": st.column_config.NumberColumn("Decisions")})
+    how = (f"bootstrap over decisions, {data_cf.RESAMPLES} resamples" if boot else
+           "normal approximations; switch on bootstrap intervals for those of `vitlens report --shortcuts`")
     st.caption("Best ROC-AUC first. A method that exposes shortcuts puts its mass off the object (1 − relevance "
                "mass) exactly where the model measurably relies on context: ROC-AUC of that mass for flagging "
-               "context-driven decisions (0.5 = chance) and Spearman ρ with the context reliance.")
+               f"context-driven decisions (0.5 = chance) and Spearman ρ with the context reliance. 95 % intervals: {how}.")
 
 
 def cue_section() -> None:
@@ -248,7 +255,8 @@ def cue_section() -> None:
                "filled (`no_cue`) rests on the cue. ROC-AUC of each map's cue mass for flagging those decisions.")
 
 
-if not data_cf.has_counterfactuals(view.store, view.fp, view.run_id):
+stored = data_cf.stored_variants(view.store, view.fp, view.run_id)
+if not stored:
     no_counterfactuals()
 else:
     decisions = data_cf.reliance(view.store, view.fp, view.run_id, protocol)
@@ -257,5 +265,6 @@ else:
     else:
         per_class_section()
         trust_section()
-        cue_section()
+        if "no_cue" in stored:  # planted cues: the data's own ground truth of a shortcut
+            cue_section()
         evidence_section(decisions)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from store import compare, shortcuts
+from store import compare, shortcuts, trust
 from store.query import RowFilter, connect, metric_columns
 from tests.dashboard import synth_cf
 from tests.dashboard.helpers import goto, images, run, texts
@@ -66,6 +66,27 @@ def test_shortcuts_tables_equal_the_store_queries(cf_store, app_at):
         assert sum(c.startswith(f"`{variant}`") for c in captions) == 5
     assert sum(c.startswith("`no_cue`") for c in captions) == 5   # a column on every card: some have a cue
     assert sum(c.startswith("map · ") for c in captions) == 5 * len(synth_cf.METHODS)
+
+
+def shown_interval(low, high) -> str:
+    return "–" if low != low or high != high else f"[{low:.2f}, {high:.2f}]"
+
+
+def test_method_trust_intervals_follow_the_switch(cf_store, app_at):
+    at = goto(app_at(cf_store, protocol="clean"), "shortcuts")
+    con = connect(cf_store)
+    normal = trust.method_trust(con, A, "clean", interval="normal")
+    boot = shortcuts.method_trust(con, A, "clean")   # what `vitlens report --shortcuts` prints
+    con.close()
+    assert list(table(at, "method_trust_table")["auc_ci"]) == [
+        shown_interval(a, b) for a, b in zip(normal["auc_low"], normal["auc_high"])]
+    at.toggle(key="sc_boot").set_value(True)
+    run(at)
+    shown = table(at, "method_trust_table")
+    assert list(shown["auc_ci"]) == [shown_interval(a, b) for a, b in zip(boot["auc_low"], boot["auc_high"])]
+    assert list(shown["rho_ci"]) == [shown_interval(a, b) for a, b in zip(boot["rho_low"], boot["rho_high"])]
+    assert list(shown["auc_ci"]) != [shown_interval(a, b) for a, b in zip(normal["auc_low"], normal["auc_high"])]
+    assert at.query_params["sc_boot"] == "1"
 
 
 def test_shortcuts_verdict_filter_and_link(cf_store, app_at):
