@@ -86,31 +86,48 @@ us.declare(us.choice("image", ids, ids[0]))
 image_id = st.selectbox("Image", ids, key="image", width=320)
 style = common.overlay_controls(view)
 runs = {"A": view.run_id, "B": run_b}
-rows = {k: common.primary_rows(data.image_rows(view.store, view.fp, r, image_id).query("protocol == @protocol"))
-        for k, r in runs.items()}
-heads = st.columns(2)
-for col, (k, r) in zip(heads, runs.items()):
+
+
+def protocol_rows(run_id: str):
+    """The image's metric rows of one run under the page's protocol, one per method."""
+    rows = data.image_rows(view.store, view.fp, run_id, image_id)
+    return common.primary_rows(rows[rows["protocol"] == protocol]) if not rows.empty else rows
+
+
+rows = {k: protocol_rows(r) for k, r in runs.items()}
+PAIRS_PER_ROW = 2  # methods per row, each as its pair of maps (A, B)
+
+
+def prediction(k: str) -> str:
     first = rows[k].iloc[0].to_dict() if not rows[k].empty else {}
     verdict = {True: " ✓", False: " ✗"}.get(common.nan_to_none(first.get("correct")), "")
-    pred = (f"prediction **{first['pred_label']}** ({common.fmt(first.get('confidence'), 3)}){verdict}"
+    return (f"prediction **{first['pred_label']}** ({common.fmt(first.get('confidence'), 3)}){verdict}"
             if common.nan_to_none(first.get("pred_label")) else "no class prediction")
-    col.markdown(f"**{k}** `{r}` · {pred}")
+
+
+def map_cell(k: str, m: str) -> None:
+    """Run ``k``'s map of method ``m`` over the image, with its scores."""
+    cell = rows[k][rows[k]["method"] == m]
+    if cell.empty:
+        st.caption(f"**{m}** · run {k} · no map")
+        return
+    c = cell.iloc[0].to_dict()
+    tc = common.nan_to_none(c.get("target_class"))
+    img = data.overlay(view.store, view.fp, runs[k], (image_id,), image_id, m, common.nan_to_none(c.get("target_kind")),
+                       None if tc is None else int(tc), protocol, common.nan_to_none(c.get("gt_target")), style)
+    if img:
+        st.image(img, width="stretch")
+    st.caption(f"**{m}** · run {k} · " + common.caption_for(c, view.columns, compact=True))
+
+
+st.markdown(" — ".join(f"**{k}** `{r}` · {prediction(k)}" for k, r in runs.items()))
 methods = [m for m in view.methods if m in set(rows["A"]["method"]) | set(rows["B"]["method"])]
 if not methods:
     st.info("No map of the chosen methods for this image under this protocol in either run.")
-for m in methods:
-    cols = st.columns(2)
-    for col, (k, r) in zip(cols, runs.items()):
-        cell = rows[k][rows[k]["method"] == m]
-        with col:
-            if cell.empty:
-                st.caption(f"**{m}** · no map in run {k}")
-                continue
-            c = cell.iloc[0].to_dict()
-            tc = common.nan_to_none(c.get("target_class"))
-            img = data.overlay(view.store, view.fp, r, (image_id,), image_id, m, common.nan_to_none(c.get("target_kind")),
-                               None if tc is None else int(tc), protocol, common.nan_to_none(c.get("gt_target")), style)
-            if img:
-                st.image(img, width="stretch")
-            st.caption(f"**{m}** · run {k} · " + common.caption_for(c, view.columns))
+for start in range(0, len(methods), PAIRS_PER_ROW):
+    cols = iter(st.columns(2 * PAIRS_PER_ROW))
+    for m in methods[start:start + PAIRS_PER_ROW]:
+        for k in runs:
+            with next(cols):
+                map_cell(k, m)
 st.caption(LEGEND + " · each map is min-max normalised on its own")
