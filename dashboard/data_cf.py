@@ -16,6 +16,8 @@ import streamlit as st
 from dashboard import data
 from store import shortcuts, trust, variants
 
+#: longer side of a redrawn variant (a card's column is narrower; the blur's cost grows with the area)
+VARIANT_SIZE = 224
 #: bootstrap resamples of the page's intervals: as many as ``vitlens report --shortcuts``, so the numbers agree
 RESAMPLES = shortcuts.BOOTSTRAP
 
@@ -55,14 +57,16 @@ def outcomes(store: str, fp: str, run_id: str, ids: tuple[str, ...], protocol: s
 
 
 def _pixels(rec: dict, size_hw: tuple[int, int] | None = None):
-    """(rgb uint8, class-index mask at the picture's size, cue at the picture's size or None) of an images
-    row; the picture resized to ``size_hw`` when given."""
+    """(rgb uint8, class-index mask, cue mask or None; both masks at full size) of an images row; the picture
+    shrunk to fit :data:`VARIANT_SIZE`, or resized to ``size_hw`` when given."""
     from PIL import Image
 
     from dashboard.overlay import decode_image, decode_mask
 
     image = decode_image(rec["thumbnail"])
-    if size_hw is not None and (image.height, image.width) != tuple(size_hw):
+    if size_hw is None:
+        image.thumbnail((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
+    elif (image.height, image.width) != tuple(size_hw):
         image = image.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
     rgb = np.asarray(image, dtype=np.uint8)
     return rgb, decode_mask(rec.get("mask_png")), decode_mask(rec.get("cue_png"))

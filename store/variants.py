@@ -13,9 +13,9 @@ thumbnail, its full-size class-index mask and cue mask — with the same rules:
 - ``only_fg`` / ``no_fg`` replace the context / the object, ``mixed_rand`` pastes the object onto the partner
   image whose own objects were filled first, ``no_cue`` fills the planted cue.
 
-They are *display reconstructions*: drawn at thumbnail resolution from a JPEG, with the mask shrunk by nearest
-neighbour, so their pixels differ slightly from the tensors the model was fed (the ``blur`` most, as it is
-computed at another resolution); the stored scores and predictions are the real ones. Nothing here imports
+They are *display reconstructions*: drawn at display resolution from a JPEG thumbnail, with the mask shrunk by
+nearest neighbour, so their pixels differ slightly from the tensors the model was fed (the ``blur`` most, as it
+is computed at another resolution); the stored scores and predictions are the real ones. Nothing here imports
 torch (the dashboard never loads it).
 """
 
@@ -76,11 +76,12 @@ def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of each channel with zero padding, truncated at 3 sigma like the job's kernel."""
+    """Gaussian blur of each channel with zero padding, truncated at 3 sigma like the job's kernel; in float32
+    (twice as fast, and far finer than a pixel's 1/255 step)."""
     from scipy.ndimage import gaussian_filter
 
     axes = (sigma, sigma, 0) if x.ndim == 3 else (sigma, sigma)
-    return gaussian_filter(x, axes, mode="constant", cval=0.0, truncate=3.0)
+    return gaussian_filter(x.astype(np.float32), axes, mode="constant", cval=0.0, truncate=3.0).astype(np.float64)
 
 
 def fill_values(rgb: np.ndarray, keep: np.ndarray, fill: str) -> np.ndarray:

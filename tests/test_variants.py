@@ -94,4 +94,4 @@ def test_fills_agree_with_the_batch_job(fill):
     mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)        # pixel space
     theirs = cf.replace_region(x, torch.tensor(region)[None], fill, mean, std)[0].permute(1, 2, 0).numpy() * 255
     ours = v.replace_region(rgb, region, fill)
-    assert np.abs(ours - theirs).max() < 1e-6
+    assert np.abs(ours - theirs).max() < 1e-3   # pixel values 0..255: far below one step

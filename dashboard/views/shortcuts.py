@@ -184,7 +184,7 @@ def evidence_section(decisions: pd.DataFrame) -> None:
         fill = evidence_card(start + k + 1, d, outcomes, batch, variants, methods, style) or fill
     st.caption(f"{len(ranked)} decisions, strongest context reliance first (p(no_fg) / p(original), clipped to "
                f"[0, 1]). The variant pictures are **display reconstructions** from the stored thumbnail and masks "
-               f"(fill `{fill}`{', approximated at thumbnail resolution' if fill == 'blur' else ''}): the store keeps "
+               f"(fill `{fill}`{', computed at display resolution' if fill == 'blur' else ''}): the store keeps "
                "what the model did on each variant, not the pictures it was fed; predictions and probabilities are "
                "the stored ones.")
     with st.expander(f"All ranked decisions (the first {min(len(ranked), TABLE_ROWS):,}; select one to open the image)"):
