@@ -2,9 +2,9 @@
 large store: its intervals either by the same bootstrap without ranking every resample again, or by normal
 approximations in microseconds.
 
-**Bootstrap from resample counts.** :func:`store.shortcuts.method_trust` resamples decisions with replacement and ranks each resample from scratch:
-a thousand resamples of ten thousand decisions per method take seconds, too slow for a page that opens on
-a large store. A resample is fully described by how often it draws each original row (its *counts*), and the
+**Bootstrap from resample counts.** :func:`store.shortcuts.method_trust` resamples decisions with replacement
+and ranks each resample from scratch: a thousand resamples of ten thousand decisions per method take seconds.
+A resample is fully described by how often it draws each original row (its *counts*), and the
 average rank of a row inside the resample follows from the counts and the original order alone:
 
     rank_i = (draws of values below v_i) + (draws of values equal to v_i + 1) / 2

@@ -103,7 +103,8 @@ def variant_caption(row: dict | None, variant: str) -> str:
         return f"`{variant}` · not made: {row['reason']}"
     p = row.get("score")
     kept = f" (×{p / row['orig_score']:.2f})" if row.get("orig_score") and not common.is_missing(p) else ""
-    flip = "" if common.is_missing(row.get("same_top1")) else (" · same top-1" if row["same_top1"] else " · **changed**")
+    same = row.get("same_top1")
+    flip = "" if common.is_missing(same) else (" · same top-1" if same else " · **changed**")
     extra = f" · background of `{row['partner_id']}` ({row['partner_classes']})" if variant == "mixed_rand" else ""
     return f"`{variant}` · {row.get('pred_label') or '–'} · p {common.fmt(p, 2)}{kept}{flip}{extra}"
 
@@ -182,12 +183,14 @@ def evidence_section(decisions: pd.DataFrame) -> None:
     fill = "gray"
     for k, d in enumerate(shown.to_dict("records")):
         fill = evidence_card(start + k + 1, d, outcomes, batch, variants, methods, style) or fill
-    st.caption(f"{len(ranked)} decisions, strongest context reliance first (p(no_fg) / p(original), clipped to "
+    st.caption(f"{len(ranked)} decisions (the sidebar's classes, confidence range and prediction filter apply), "
+               "strongest context reliance first (p(no_fg) / p(original), clipped to "
                f"[0, 1]). The variant pictures are **display reconstructions** from the stored thumbnail and masks "
                f"(fill `{fill}`{', computed at display resolution' if fill == 'blur' else ''}): the store keeps "
                "what the model did on each variant, not the pictures it was fed; predictions and probabilities are "
                "the stored ones.")
-    with st.expander(f"All ranked decisions (the first {min(len(ranked), TABLE_ROWS):,}; select one to open the image)"):
+    listed = min(len(ranked), TABLE_ROWS)
+    with st.expander(f"All ranked decisions (the first {listed:,}; select one to open the image)"):
         table = ranked.head(TABLE_ROWS)[["image_id", "gt_target", "verdict", "context_reliance", "object_sufficiency",
                         "background_following", "confidence", "correct"]]
         event = st.dataframe(table, hide_index=True, key="evidence_table", on_select="rerun",
@@ -210,8 +213,9 @@ def trust_section() -> None:
     st.subheader("Which explanation exposes shortcuts best")
     us.declare(us.flag("sc_boot", False))
     boot = st.toggle("Bootstrap intervals", key="sc_boot",
-                     help=f"{data_cf.RESAMPLES} resamples of the decisions, as `vitlens report --shortcuts` (seconds on "
-                          "a large store); off: normal approximations (Fisher's z for ρ, Hanley & McNeil for ROC-AUC)")
+                     help=f"{data_cf.RESAMPLES} resamples of the decisions, as `vitlens report --shortcuts` "
+                          "(seconds on a large store); off: normal approximations (Fisher's z for ρ, Hanley & McNeil "
+                          "for ROC-AUC)")
     trust = data_cf.method_trust(view.store, view.fp, view.run_id, protocol, "bootstrap" if boot else "normal")
     trust = trust[trust["method"].isin(view.methods)] if view.methods else trust
     if trust.empty:
@@ -235,7 +239,8 @@ def trust_section() -> None:
            "normal approximations; switch on bootstrap intervals for those of `vitlens report --shortcuts`")
     st.caption("Best ROC-AUC first. A method that exposes shortcuts puts its mass off the object (1 − relevance "
                "mass) exactly where the model measurably relies on context: ROC-AUC of that mass for flagging "
-               f"context-driven decisions (0.5 = chance) and Spearman ρ with the context reliance. 95 % intervals: {how}.")
+               "context-driven decisions (0.5 = chance) and Spearman ρ with the context reliance. "
+               f"95 % intervals: {how}.")
 
 
 def cue_section() -> None:
