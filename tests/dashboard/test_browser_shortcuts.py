@@ -30,7 +30,7 @@ def card_headers(page) -> list[str]:
 
 def test_shortcuts_page_renders_and_a_shared_url_reproduces_it(cf_store, tmp_path):
     with browser.server(cf_store, log=tmp_path / "server.log") as url, browser.chromium() as chrome:
-        first = chrome.new_context(viewport={"width": 1500, "height": 1400})
+        first = chrome.new_context(viewport={"width": 1500, "height": 2400})
         page = first.new_page()
         page.goto(f"{url}/shortcuts?protocol=clean")
         browser.settle(page)
@@ -44,6 +44,7 @@ def test_shortcuts_page_renders_and_a_shared_url_reproduces_it(cf_store, tmp_pat
         assert page.locator('[data-testid="stException"]').count() == 0
         assert len(card_headers(page)) == 5
 
+        # a tall window: the choices open below the box, inside the page
         page.locator('[data-testid="stSelectbox"]').filter(has_text="Verdict").click()
         page.get_by_role("option", name="object-driven", exact=True).click()
         page.wait_for_url(re.compile(r".*sc_verdict=object-driven.*"), timeout=60_000)
@@ -54,7 +55,7 @@ def test_shortcuts_page_renders_and_a_shared_url_reproduces_it(cf_store, tmp_pat
         assert "protocol=clean" in shared
         first.close()
 
-        fresh = chrome.new_context(viewport={"width": 1500, "height": 1400})
+        fresh = chrome.new_context(viewport={"width": 1500, "height": 2400})
         again = fresh.new_page()
         again.goto(shared)
         browser.settle(again)
