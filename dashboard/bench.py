@@ -1,14 +1,16 @@
 """How fast does the dashboard answer a filter change on a large store? ``python -m dashboard.bench``.
 
 Builds a synthetic store (default 100 000 metric rows: 12 500 images × 4 methods × 2 protocols, with their
-heatmaps and images) written by the batch job's own writer (``store.writer.StoreWriter``: the same parts, commit
+heatmaps, images and counterfactual rows) written by the batch job's own writer (``store.writer.StoreWriter``: the same parts, commit
 order and run manifest as a real run), then measures
 
 1. the store queries the pages run (cold: first call on a fresh connection; warm: repeated), and
 2. the time from a filter change to the rendered page, per page, through Streamlit's AppTest: each change
-   picks a filter state not seen before (so every cached query misses), then the same state again (hits).
+   picks a filter state not seen before (so every cached query misses), then the same state again (hits);
+3. with ``--browser``, in Chromium against the real server: each page's first load from its link, and the
+   time from a click in the sidebar to the fully drawn page.
 
-Goal: a filter change renders in at most one second.
+Goal: a filter change renders in at most one second, a page's first load in at most three.
 """
 
 from __future__ import annotations
