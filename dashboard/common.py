@@ -20,6 +20,8 @@ PAGES = (
     ("views/failures.py", "Failure cases", "failures", ":material/report:"),
     ("views/grid.py", "Heatmap grid", "grid", ":material/grid_view:"),
     ("views/image.py", "Image detail", "image", ":material/image_search:"),
+    ("views/shortcuts.py", "Shortcuts", "shortcuts", ":material/alt_route:"),
+    ("views/compare.py", "Compare runs", "compare", ":material/compare:"),
 )
 IMAGE_PAGE = "views/image.py"
 

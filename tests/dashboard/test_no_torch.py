@@ -1,5 +1,6 @@
 """The dashboard reads a store without torch, torchvision, timm or scikit-image: every module imports and every
-page, maps and outlines included, renders with those packages made unimportable."""
+page, maps, outlines and redrawn counterfactual variants included, renders with those packages made
+unimportable."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ SCRIPT = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
 
     for name in ("dashboard.common", "dashboard.data", "dashboard.filters", "dashboard.metrics_info",
-                 "dashboard.overlay", "dashboard.urlstate", "dashboard.bench", "dashboard.launch"):
+                 "dashboard.overlay", "dashboard.urlstate", "dashboard.bench", "dashboard.launch",
+                 "dashboard.data_cf", "dashboard.data_compare", "dashboard.screenshots", "store.variants",
+                 "store.compare", "store.shortcuts"):
         importlib.import_module(name)
 
     from dashboard.bench import build_store
@@ -47,6 +50,22 @@ SCRIPT = textwrap.dedent("""
             at.switch_page(f"views/{page}.py")
         at.run()
         assert not at.exception, (page, [e.value for e in at.exception])
+
+    # the Shortcuts page (counterfactual variants redrawn in NumPy) and the Compare page, on a store that has
+    # counterfactual rows, cues and two runs
+    from tests.dashboard import synth_cf
+    cf_store = synth_cf.build(Path(tempfile.mkdtemp()) / "cf")
+    os.environ["VITLENS_STORE"] = str(cf_store)
+    for page, params in (("shortcuts", {"protocol": "clean"}), ("shortcuts", {"sc_verdict": "context-driven"}),
+                         ("compare", {"otsu": "1"})):
+        at = AppTest.from_file(sys.argv[1], default_timeout=300)
+        for k, v in params.items():
+            at.query_params[k] = v
+        at.switch_page(f"views/{page}.py")
+        at.run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert [t.value for t in at.title] == [{"shortcuts": "Shortcuts", "compare": "Compare runs"}[page]]
+        assert len(at.main.image) >= 4, (page, len(at.main.image))
 
     # the overlay path itself on a stored image and map: ground truth of both protocols, the Otsu outline
     from store import query as q

@@ -1,0 +1,114 @@
+"""The Shortcuts page's access to the store: cached counterfactual statistics (:mod:`store.shortcuts`), the
+stored outcome of each variant, and the variants redrawn for display (:mod:`store.variants`).
+
+Like :mod:`dashboard.data`, every result is cached per store, fingerprint and choice, and every query runs on
+its own cursor of the store's one cached connection.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from store import shortcuts, trust, variants
+
+#: longer side of a redrawn variant (a card's column is narrower; the blur's cost grows with the area)
+VARIANT_SIZE = 224
+#: bootstrap resamples of the page's intervals: as many as ``vitlens report --shortcuts``, so the numbers agree
+RESAMPLES = shortcuts.BOOTSTRAP
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def stored_variants(store: str, fp: str, run_id: str) -> tuple[str, ...]:
+    return tuple(data._run(store, fp, variants.stored_variants, run_id))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def reliance(store: str, fp: str, run_id: str, protocol: str) -> pd.DataFrame:
+    return data._run(store, fp, shortcuts.reliance, run_id, protocol)
+
+
+#: the page's tables, each a function of (connection, run_id, protocol, resamples=...) in store.shortcuts; the
+#: method-trust table has its own entry (:func:`method_trust`)
+STATISTICS = {"context_share": shortcuts.context_share_by_class, "bg_gap": shortcuts.bg_gap,
+              "cue_trust": shortcuts.cue_trust}
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def statistic(store: str, fp: str, run_id: str, protocol: str, name: str) -> pd.DataFrame:
+    """One of :data:`STATISTICS` of a run under a protocol, with :data:`RESAMPLES` bootstrap resamples."""
+    return data._run(store, fp, STATISTICS[name], run_id, protocol, resamples=RESAMPLES)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def method_trust(store: str, fp: str, run_id: str, protocol: str, interval: str) -> pd.DataFrame:
+    """The method-trust table with ``interval`` "normal" (instant) or "bootstrap" (as the report, seconds on a
+    large store; store.trust)."""
+    return data._run(store, fp, trust.method_trust, run_id, protocol, resamples=RESAMPLES, interval=interval)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def outcomes(store: str, fp: str, run_id: str, ids: tuple[str, ...], protocol: str) -> pd.DataFrame:
+    return data._run(store, fp, variants.variant_outcomes, run_id, list(ids), protocol)
+
+
+def _pixels(rec: dict, size_hw: tuple[int, int] | None = None):
+    """(rgb uint8, class-index mask, cue mask or None; both masks at full size) of an images row; the picture
+    shrunk to fit :data:`VARIANT_SIZE`, or resized to ``size_hw`` when given."""
+    from PIL import Image
+
+    from dashboard.overlay import decode_image, decode_mask
+
+    image = decode_image(rec["thumbnail"])
+    if size_hw is None:
+        image.thumbnail((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
+    elif (image.height, image.width) != tuple(size_hw):
+        image = image.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+    rgb = np.asarray(image, dtype=np.uint8)
+    return rgb, decode_mask(rec.get("mask_png")), decode_mask(rec.get("cue_png"))
+
+
+def _region(mask: np.ndarray, protocol: str, gt_target: str | None, names, size_hw) -> np.ndarray:
+    """The row's object region at the picture's size (see store.variants.object_region)."""
+    from dashboard.overlay import target_classes
+
+    classes = target_classes(gt_target, protocol, names)
+    return variants.resize_mask(variants.object_region(mask, protocol, classes), size_hw)
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def variant_jpeg(store: str, fp: str, run_id: str, batch: tuple[str, ...], image_id: str, variant: str,
+                 protocol: str, gt_target: str | None, fill: str, partner_id: str | None = None) -> bytes:
+    """JPEG of ``variant`` of ``image_id`` redrawn for display (store.variants): empty bytes when the picture,
+    its mask, or (``mixed_rand``) the partner's picture is not stored. ``batch``: the ids fetched together, the
+    partners of the ``mixed_rand`` variants among them."""
+    recs = data.images(store, fp, run_id, batch)
+    rec = recs.get(image_id)
+    if rec is None or rec.get("thumbnail") is None or rec.get("mask_png") is None:
+        return b""
+    rgb, mask, cue = _pixels(rec)
+    size = rgb.shape[:2]
+    names = data.class_names(store, fp, run_id)
+    region = _region(mask, protocol, gt_target, names, size) if variant != "no_cue" else None
+    extra: dict = {}
+    if variant == "no_cue":
+        if cue is None:
+            return b""
+        extra["cue"] = variants.resize_mask(cue > 0, size)
+    elif variant == "mixed_rand":
+        partner = recs.get(partner_id) if partner_id else None
+        if partner is None or partner.get("thumbnail") is None or partner.get("mask_png") is None:
+            return b""
+        p_rgb, p_mask, _ = _pixels(partner, size)
+        extra["partner_rgb"] = p_rgb
+        extra["partner_objects"] = variants.resize_mask(variants.object_region(p_mask, "report", None), size)
+    pixels = variants.variant_image(variant, rgb, region, fill if fill in variants.FILLS else "gray", **extra)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()

@@ -1,0 +1,160 @@
+"""The Shortcuts and Compare runs pages on the synthetic store of :mod:`tests.dashboard.synth_cf` (counterfactual
+rows, planted cues, two runs over the same images), through Streamlit's AppTest: what they show equals the
+store's own queries, follows the filters, and a link restores the view."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from store import compare, shortcuts, trust
+from store.query import RowFilter, connect, metric_columns
+from tests.dashboard import synth_cf
+from tests.dashboard.helpers import goto, images, run, texts
+
+A, B = synth_cf.DEFAULT_RUN, "cfbase01"   # the page's run (the newest) and the other one
+
+
+@pytest.fixture(scope="module")
+def cf_store(tmp_path_factory):
+    return synth_cf.build(tmp_path_factory.mktemp("cf-pages"))
+
+
+#: per table of the new pages, a column only it has (read-only tables carry no key in AppTest)
+MARKERS = {"context_share_table": "context_driven", "method_trust_table": "rho_ci", "evidence_table": "verdict",
+           "compare_table": "mean_a"}
+
+
+def table(at, key: str):
+    """The DataFrame of the page's table ``key``; ``cue_trust_table``: the ROC-AUC table without a ρ."""
+    def has(cols):
+        return ({"auc_ci"} <= cols and "rho" not in cols) if key == "cue_trust_table" else MARKERS[key] in cols
+
+    found = [d.value for d in at.dataframe if has(set(d.value.columns))]
+    assert found, f"no table {key!r}; tables have columns {[list(d.value.columns) for d in at.dataframe]}"
+    return found[0]
+
+
+def card_headers(at) -> list[str]:
+    return [m.value for m in at.markdown if re.match(r"\*\*#\d+ · ", m.value)]
+
+
+# --------------------------------------------------------------------------------------------- shortcuts
+def test_shortcuts_tables_equal_the_store_queries(cf_store, app_at):
+    at = goto(app_at(cf_store, protocol="clean"), "shortcuts")
+    assert [t.value for t in at.title] == ["Shortcuts"]
+    con = connect(cf_store)
+    share = shortcuts.context_share_by_class(con, A, "clean", resamples=20)
+    trust = shortcuts.method_trust(con, A, "clean", resamples=20)
+    cue = shortcuts.cue_trust(con, A, "clean", resamples=20)
+    decisions = shortcuts.reliance(con, A, "clean")
+    con.close()
+    shown = table(at, "context_share_table").set_index("gt_target")
+    assert shown["n"].to_dict() == share.set_index("gt_target")["n"].to_dict()
+    assert shown["context_driven"].to_dict() == share.set_index("gt_target")["context_driven"].to_dict()
+    assert shown["context_driven"].sum() > 0 and (shown["context_driven"] < shown["n"]).any()
+    assert list(table(at, "method_trust_table")["method"]) == list(trust["method"])
+    assert table(at, "cue_trust_table")["n_pos"].tolist() == cue["n_pos"].tolist()
+    # the evidence list: strongest context reliance first, with every variant and the chosen maps
+    best = decisions.sort_values(["context_reliance", "confidence", "image_id"], ascending=[False, False, True])
+    headers = card_headers(at)
+    assert len(headers) == 5 and headers[0].startswith(f"**#1 · {best['image_id'].iloc[0]}**")
+    assert "display reconstructions" in texts(at)
+    captions = [c.value for c in at.caption]
+    for variant in ("no_fg", "only_fg", "mixed_rand"):
+        assert sum(c.startswith(f"`{variant}`") for c in captions) == 5
+    assert sum(c.startswith("`no_cue`") for c in captions) == 5   # a column on every card: some have a cue
+    assert sum(c.startswith("map · ") for c in captions) == 5 * len(synth_cf.METHODS)
+
+
+def shown_interval(low, high) -> str:
+    return "–" if low != low or high != high else f"[{low:.2f}, {high:.2f}]"
+
+
+def test_method_trust_intervals_follow_the_switch(cf_store, app_at):
+    at = goto(app_at(cf_store, protocol="clean"), "shortcuts")
+    con = connect(cf_store)
+    normal = trust.method_trust(con, A, "clean", interval="normal")
+    boot = shortcuts.method_trust(con, A, "clean")   # what `vitlens report --shortcuts` prints
+    con.close()
+    assert list(table(at, "method_trust_table")["auc_ci"]) == [
+        shown_interval(a, b) for a, b in zip(normal["auc_low"], normal["auc_high"])]
+    at.toggle(key="sc_boot").set_value(True)
+    run(at)
+    shown = table(at, "method_trust_table")
+    assert list(shown["auc_ci"]) == [shown_interval(a, b) for a, b in zip(boot["auc_low"], boot["auc_high"])]
+    assert list(shown["rho_ci"]) == [shown_interval(a, b) for a, b in zip(boot["rho_low"], boot["rho_high"])]
+    assert list(shown["auc_ci"]) != [shown_interval(a, b) for a, b in zip(normal["auc_low"], normal["auc_high"])]
+    assert at.query_params["sc_boot"] == "1"
+
+
+def test_shortcuts_verdict_filter_and_link(cf_store, app_at):
+    at = goto(app_at(cf_store, protocol="clean", sc_verdict="object-driven", sc_maps="rollout"), "shortcuts")
+    headers = card_headers(at)
+    assert headers and all("verdict **object-driven**" in h for h in headers)
+    assert at.selectbox(key="sc_verdict").value == "object-driven"
+    assert sum(c.value.startswith("map · ") for c in at.caption) == len(headers)   # one chosen method
+    at.selectbox(key="sc_verdict").set_value("context-driven")
+    run(at)
+    assert all("verdict **context-driven**" in h for h in card_headers(at))
+    assert at.query_params["sc_verdict"] == "context-driven" and at.query_params["sc_maps"] == "rollout"
+
+
+def test_shortcuts_follow_the_class_filter(cf_store, app_at):
+    at = goto(app_at(cf_store, protocol="clean", cls="dog"), "shortcuts")
+    assert list(table(at, "context_share_table")["gt_target"]) == ["dog"]
+    assert all("object dog" in h for h in card_headers(at))
+
+
+def test_selecting_a_ranked_decision_opens_the_image(cf_store, app_at):
+    at = goto(app_at(cf_store, protocol="clean"), "shortcuts")
+    wanted = table(at, "evidence_table")["image_id"].iloc[3]
+    at.session_state["evidence_table"] = {"selection": {"rows": [3], "columns": [], "cells": []}}
+    run(at)
+    assert [t.value for t in at.title] == ["Image detail"]
+    assert at.query_params["image"] == wanted
+
+
+def test_shortcuts_without_counterfactuals_say_how_to_get_them(cf_store, small_store, odd_store, app_at, tmp_path):
+    bare = synth_cf.build(tmp_path / "bare", counterfactuals=False)
+    for store in (bare, small_store, odd_store):
+        at = goto(app_at(store), "shortcuts")
+        text = texts(at)
+        assert "Recompute it with counterfactuals" in text and "--no-counterfactuals" in text
+        assert f"--out {store}" in text
+        assert not at.dataframe
+
+
+# ----------------------------------------------------------------------------------------------- compare
+def test_compare_table_equals_the_paired_query(cf_store, app_at):
+    at = goto(app_at(cf_store), "compare")
+    assert [t.value for t in at.title] == ["Compare runs"]
+    assert at.selectbox(key="cmp_run").value == B
+    con = connect(cf_store)
+    want = compare.compare_leaderboard(con, RowFilter(run_id=A, protocol="report"), B, "iou", metric_columns(con))
+    con.close()
+    shown = table(at, "compare_table")
+    assert list(shown["method"]) == list(want["method"])
+    assert shown["diff"].to_numpy() == pytest.approx(want["diff"].to_numpy() * 100)
+    assert shown["low"].to_numpy() == pytest.approx(want["low"].to_numpy() * 100)
+    assert (shown["n"] == synth_cf.N_IMAGES).all()
+    # one image, both runs: the chosen methods' maps of each run
+    assert len(images(at)) == 2 * len(synth_cf.METHODS)
+    assert sum(" · run A · " in c.value for c in at.caption) == len(synth_cf.METHODS)
+
+
+def test_compare_link_restores_metric_image_and_methods(cf_store, app_at):
+    at = goto(app_at(cf_store, cmp_metric="f1", image="cf_004", method="gradcam", protocol="clean"), "compare")
+    assert at.selectbox(key="cmp_metric").value == "f1"
+    assert at.selectbox(key="image").value == "cf_004"
+    assert list(table(at, "compare_table")["method"]) == ["gradcam"]
+    assert len(images(at)) == 2
+    at.selectbox(key="image").set_value("cf_007")
+    run(at)
+    assert at.query_params["image"] == "cf_007" and at.query_params["cmp_metric"] == "f1"
+
+
+def test_compare_on_a_store_with_one_run_says_so(odd_store, app_at):
+    at = goto(app_at(odd_store), "compare")
+    assert "holds one run only" in texts(at)
