@@ -25,7 +25,6 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 CONFIDENT = 0.5   # top-1 probability from which a decision gets a verdict
 SURVIVES = 0.5    # share of the explained class's probability that counts as "still supported"
@@ -118,6 +117,8 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rho (Pearson correlation of average ranks); NaN when either side is constant."""
     if len(x) < 2:
         return float("nan")
+    from scipy.stats import rankdata  # imported when first needed: it costs a page half a second
+
     rx, ry = rankdata(x), rankdata(y)
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
@@ -130,6 +131,8 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if not n_pos or not n_neg:
         return float("nan")
+    from scipy.stats import rankdata
+
     ranks = rankdata(score)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -179,6 +182,15 @@ def _method_rows(con, run_id, protocol) -> pd.DataFrame:
     return con.execute(_METHOD_ROWS.format(decisions=_DECISIONS), _params(run_id, protocol)).df()
 
 
+def method_samples(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One method's rows as the trust measures take them: ``x`` mass off the object and ``y`` context reliance
+    (decisions with both), ``s`` mass off the object and ``pos`` context-driven (decisions with a verdict)."""
+    r = g[g["off_mass"].notna() & g["context_reliance"].notna()]
+    v = g[g["off_mass"].notna() & g["verdict"].notna()]
+    return (r["off_mass"].to_numpy(float), r["context_reliance"].to_numpy(float), v["off_mass"].to_numpy(float),
+            (v["verdict"] == "context-driven").to_numpy())
+
+
 def method_trust(con, run_id: str | None = None, protocol: str | None = "clean", seed: int = 0,
                  resamples: int = BOOTSTRAP) -> pd.DataFrame:
     """The method-trust leaderboard: per method, over decisions with both a map mass and a reliance score,
@@ -188,10 +200,7 @@ def method_trust(con, run_id: str | None = None, protocol: str | None = "clean",
     d = _method_rows(con, run_id, protocol)
     rows = []
     for method, g in d.groupby("method", sort=True):
-        r = g[g["off_mass"].notna() & g["context_reliance"].notna()]
-        x, y = r["off_mass"].to_numpy(float), r["context_reliance"].to_numpy(float)
-        v = g[g["off_mass"].notna() & g["verdict"].notna()]
-        s, pos = v["off_mass"].to_numpy(float), (v["verdict"] == "context-driven").to_numpy()
+        x, y, s, pos = method_samples(g)
         rows.append({"method": method, "n_rho": len(x), "rho": spearman(x, y),
                      **dict(zip(("rho_low", "rho_high"), _bootstrap(lambda i: spearman(x[i], y[i]), len(x), seed,
                                                                      resamples))),

@@ -168,10 +168,7 @@ def method_trust(con, run_id: str | None = None, protocol: str | None = "clean",
     d = shortcuts._method_rows(con, run_id, protocol)
     rows = []
     for method, g in d.groupby("method", sort=True):
-        r = g[g["off_mass"].notna() & g["context_reliance"].notna()]
-        x, y = r["off_mass"].to_numpy(float), r["context_reliance"].to_numpy(float)
-        v = g[g["off_mass"].notna() & g["verdict"].notna()]
-        s, pos = v["off_mass"].to_numpy(float), (v["verdict"] == "context-driven").to_numpy()
+        x, y, s, pos = shortcuts.method_samples(g)
         rho, auc, n_pos = shortcuts.spearman(x, y), shortcuts.roc_auc(s, pos), int(pos.sum())
         if interval == "normal":
             rho_ci, auc_ci = spearman_normal_interval(rho, len(x)), roc_auc_normal_interval(auc, n_pos, len(s) - n_pos)
