@@ -145,6 +145,38 @@ class VOCSegmentation:
         return sample
 
 
+_FINGERPRINTS: dict[tuple[str, str], str] = {}
+
+
+def data_fingerprint(root: str | Path, split: str) -> str:
+    """The identity of a split's data: a SHA-1 over its list and the bytes of every listed image, class mask
+    and cue mask (and the set's metadata), so that the same images give the same value wherever they lie, and
+    other images (another folder, the same ids re-encoded, flipped, relabelled) give another. It joins the run
+    id: results of other data are never taken for this data's. Read once per process (about a second per GB)."""
+    folder = resolve_voc_root(root)
+    key = (str(folder), split)
+    if key in _FINGERPRINTS:
+        return _FINGERPRINTS[key]
+    list_file = folder / "ImageSets" / "Segmentation" / f"{split}.txt"
+    digest = hashlib.sha1(f"{split}\n".encode())
+    for extra in (list_file, folder / "ImageSets" / "Segmentation" / f"{split}_meta.json", folder / "synthetic.json"):
+        digest.update(_file_digest(extra))
+    for image_id in read_split_list(list_file):
+        digest.update(image_id.encode() + b"\0")
+        if _is_name(image_id):
+            for sub, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png"), (CUE_DIR, ".png")):
+                digest.update(_file_digest(folder / sub / f"{image_id}{suffix}"))
+    _FINGERPRINTS[key] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+def _file_digest(path: Path) -> bytes:
+    try:
+        return hashlib.sha1(path.read_bytes()).digest()
+    except (FileNotFoundError, IsADirectoryError):
+        return b"-"
+
+
 def read_split_list(list_file: Path) -> list[str]:
     """The image ids of a split list: one id per line, the whole line (VOC ids hold no spaces, but a file
     named ``with space.jpg`` is ``with space``, not ``with``); a DatasetError naming the file otherwise."""

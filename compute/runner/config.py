@@ -62,6 +62,10 @@ class RunConfig:
             ident["precision"] = self.precision
         if self.faithfulness:
             ident["faithfulness"] = {"steps": self.faithfulness_steps, "baseline": self.faithfulness_baseline}
+        if self.voc_root:  # the images themselves: the same command on other images is another run
+            from compute.data.voc import data_fingerprint
+
+            ident["data"] = data_fingerprint(self.voc_root, self.split)
         return ident
 
     def run_id(self) -> str:
