@@ -177,12 +177,17 @@ def compute(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        if backend == "ray":
-            from compute.distributed import run_ray
+        try:
+            if backend == "ray":
+                from compute.distributed import run_ray
 
-            summary = run_ray(config, num_workers=ray_workers, address=ray_address, progress=progress)
-        else:
-            summary = run(config, progress=progress)
+                summary = run_ray(config, num_workers=ray_workers, address=ray_address, progress=progress)
+            else:
+                summary = run(config, progress=progress)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: every committed batch is kept; run the same command again to "
+                          "continue where this one stopped", highlight=False)
+            raise typer.Exit(code=130) from None
     stdout.print(summary.line())
 
 

@@ -487,12 +487,15 @@ def _pool_locked(workers: int):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from compute.children import end_with_parent
+
     if workers not in _POOLS:
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         ctx = mp.get_context(method)
         if method == "forkserver":
-            ctx.set_forkserver_preload([__name__])
-        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            ctx.set_forkserver_preload(["compute.children", __name__])
+        # its workers die with the forkserver, which ends when this process does (compute.children)
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=end_with_parent)
         if len(_POOLS) == 1:
             atexit.register(_shutdown_pools)
     return _POOLS[workers]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from compute.children import end_with_parent
 from compute.data.classmap import classmap_for
 from compute.data.voc import VOC_CLASSES
 from compute.methods import check_methods_for_model, parse_methods
@@ -221,7 +223,8 @@ def run(config: RunConfig, dataset=None, loaded: LoadedModel | None = None,
     indices = job.indices
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(job.decoded, indices), batch_size=config.batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate, pin_memory=job.device.type == "cuda", persistent_workers=False)
+        num_workers=workers, collate_fn=collate, pin_memory=job.device.type == "cuda", persistent_workers=False,
+        worker_init_fn=functools.partial(end_with_parent, os.getpid()) if workers else None)
     seen = 0
     batches = iter(loader)
     try:
