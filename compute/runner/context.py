@@ -55,6 +55,7 @@ class RunContext:
     done: CommittedKeys = field(default_factory=CommittedKeys)
     background: Background | None = None
     times: StageTimes = field(default_factory=StageTimes)
+    map_skips: dict[str, int] = field(default_factory=dict)  # method -> maps not made or not scored this session
 
     def stages(self) -> dict[str, float]:
         """Seconds per stage, by the names the run manifest gives them. ``in the background`` ran alongside the

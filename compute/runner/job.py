@@ -41,6 +41,7 @@ class RunSummary:
     faithfulness_seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, "waiting for images" included
     notes: list[str] = field(default_factory=list)  # e.g. why the class-aware protocol does not apply
+    map_skips: dict[str, int] = field(default_factory=dict)  # method -> images it made no scored map for
 
     @property
     def images_per_second(self) -> float:
@@ -51,6 +52,8 @@ class RunSummary:
         return (f"{self.images} images × {len(self.methods)} methods in {self.seconds:.1f} s "
                 f"({self.images_per_second:.2f} img/s{faith}); {self.rows} metric rows, {self.skipped} skipped, "
                 f"{self.already_done} already done → {self.out} (run {self.run_id})"
+                + (f"\nskipped maps: {', '.join(f'{m} on {n} image(s)' for m, n in sorted(self.map_skips.items()))} "
+                   "(the skips table says why: vitlens dashboard, Leaderboard)" if self.map_skips else "")
                 + ("\ntime: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items() if v >= 0.05)
                    if self.images and self.stages else "")
                 + "".join(f"\nnote: {n}" for n in self.notes))
@@ -174,6 +177,7 @@ class Job:
         summary.seconds = time.perf_counter() - self.t_start
         summary.faithfulness_seconds = ctx.times.faithfulness
         summary.stages = {"waiting for images": self.waiting_seconds, **ctx.stages()}
+        summary.map_skips = dict(ctx.map_skips)
         write_report(self.writer, summary, self.shard, ctx.times.capture)
         self.writer.close()
         return summary

@@ -45,6 +45,10 @@ class BatchRows:
                 ctx.writer.write_batch(self.key, {"heatmaps": self.heatmaps, "images": self.images,
                                                   "metrics": self.metrics})
         ctx.images_done.update(r["image_id"] for r in self.images)
+        for skip in self.skips:  # a method's or a scorer's failure on one image: "method:<key>", "score:<key>"
+            stage, _, method = skip["stage"].partition(":")
+            if stage in ("method", "score"):
+                ctx.map_skips[method] = ctx.map_skips.get(method, 0) + 1
         ctx.done.add_rows(self.metrics)
         return len(self.metrics)
 
