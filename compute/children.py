@@ -38,7 +38,7 @@ def _in_forkserver() -> bool:
     return any("multiprocessing.forkserver" in arg for arg in getattr(sys, "orig_argv", ()))
 
 
-# A forkserver imports its preload modules (this one among them, see compute.layers.maxflow) before it serves:
+# A forkserver imports its preload modules (this one among them, see compute.layers.flow_pool) before it serves:
 # it then dies with the process that started it, and so, through their own binding, do the workers it forks.
 if _in_forkserver():
     end_with_parent()

@@ -148,7 +148,7 @@ def test_rerun_that_completes_a_batch_keeps_the_rows_committed_before(voc_mini, 
 
 class _Stuck(Method):
     """A deferred method whose background part takes a minute: in this thread (``pool=False``) or, as attention
-    flow's max-flows do, in :mod:`compute.layers.maxflow`'s process pool (``pool=True``)."""
+    flow's max-flows do, in :mod:`compute.layers.flow_pool`'s process pool (``pool=True``)."""
 
     name = "stuck"
     requires = frozenset({"attn"})
@@ -160,9 +160,9 @@ class _Stuck(Method):
 
         def solve():
             if _Stuck.pool:
-                from compute.layers import maxflow
+                from compute.layers import flow_pool
 
-                maxflow._pool(2).submit(time.sleep, 60).result()
+                flow_pool._pool(2).submit(time.sleep, 60).result()
             else:
                 time.sleep(60)
             return torch.zeros(cap.attn[0].shape[0], *cap.grid)

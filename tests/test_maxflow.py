@@ -7,8 +7,9 @@ import pytest
 
 nx = pytest.importorskip("networkx")
 
+from compute.layers.flow_pool import batched_layered_max_flows  # noqa: E402
 from compute.layers.maxflow import (  # noqa: E402
-    LayeredFlows, MaxFlowError, batched_layered_max_flows, layered_max_flows, max_flow, max_flow_value,
+    LayeredFlows, MaxFlowError, layered_max_flows, max_flow, max_flow_value,
 )
 
 TOL = 1e-9

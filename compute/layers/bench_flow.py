@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from compute.layers.maxflow import LayeredFlows, batched_layered_max_flows
+from compute.layers.flow_pool import batched_layered_max_flows
+from compute.layers.maxflow import LayeredFlows
 
 L, HEADS, N = 12, 12, 197
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from compute.layers.maxflow import available_cores, batched_layered_max_flows
+from compute.layers.flow_pool import available_cores, batched_layered_max_flows
 from compute.layers.attention import FUSIONS, fuse_heads
 from compute.methods.base import Method, MethodError, Option, register
 

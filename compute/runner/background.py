@@ -118,7 +118,7 @@ class Background:
     def close(self) -> None:
         """Stop without waiting: queued passes are cancelled, no further method starts, and a task still
         running is abandoned — its thread is a daemon, and the max-flow worker processes it may be waiting
-        for (:mod:`compute.layers.maxflow`'s pools, which the interpreter would wait for at exit) are
+        for (:mod:`compute.layers.flow_pool`'s pools, which the interpreter would wait for at exit) are
         terminated. Nothing committed is touched; what was pending is redone by a rerun. (An abandoned task
         that computes in its own thread, e.g. a max-flow falling back to one process after its pool went,
         goes on until it ends or the process exits; its result is dropped.)"""
@@ -136,6 +136,6 @@ class Background:
 
 def terminate_max_flow_pools() -> None:
     """Kill attention flow's max-flow worker processes, if that module was used (see :meth:`Background.close`)."""
-    maxflow = sys.modules.get("compute.layers.maxflow")
-    if maxflow is not None:
-        maxflow.terminate_pools()
+    flow_pool = sys.modules.get("compute.layers.flow_pool")
+    if flow_pool is not None:
+        flow_pool.terminate_pools()
