@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from dashboard.launch import ENV_STORE  # noqa: F401 (re-export: the launcher sets it without Streamlit)
 from store import query as q
 from store.schema import decode_heatmap
 
-ENV_STORE = "VITLENS_STORE"
 DEFAULT_STORE = "results"
 
 
