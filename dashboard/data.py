@@ -39,6 +39,17 @@ def store_path(argv: list[str] | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def locate(store: Path) -> tuple[Path, str | None]:
+    """The store to show for the folder ``store`` and a note when it is not that folder itself: a folder
+    without results that holds exactly one store one level down (the demo's ``--out``) shows that one."""
+    if q.has_results(store):
+        return store, None
+    below = q.stores_below(store)
+    if len(below) == 1:
+        return below[0], f"`{store}` holds no results itself; showing the store in its subfolder `{below[0].name}`."
+    return store, None
+
+
 def store_problem(store: Path) -> str | None:
     """None when ``store`` holds results; otherwise why not, in one sentence."""
     if not store.exists():
@@ -46,6 +57,10 @@ def store_problem(store: Path) -> str | None:
     if not store.is_dir():
         return f"`{store}` is not a folder."
     if not q.has_results(store):
+        below = q.stores_below(store)
+        if below:  # several stores one level down: name them (one is shown directly, see locate)
+            return (f"`{store}` holds no results itself, but these subfolders are stores: "
+                    + ", ".join(f"`{p}`" for p in below) + ". Start the dashboard with `--store` one of them.")
         return f"The store `{store}` holds no results yet."
     return None
 

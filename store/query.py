@@ -38,6 +38,15 @@ def has_results(store: str | Path) -> bool:
     return any(Path(store).glob("metrics/run_id=*/part-*.parquet"))
 
 
+def stores_below(folder: str | Path) -> list[Path]:
+    """The stores one level below ``folder`` (its subfolders that hold results), by name: ``vitlens demo
+    --out DIR`` writes its store to ``DIR/store`` beside the data and the model."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and has_results(p))
+
+
 def connect(store: str | Path) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one view per table (an empty, typed view for a table with no parts yet), over
     the committed, intact parts only (:mod:`store.commits`), and a view ``store_problems`` (``problem``) that
