@@ -129,6 +129,33 @@ def leaderboard(store: str, fp: str, f: q.RowFilter, columns: tuple[str, ...]):
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
+def leaderboard_intervals(store: str, fp: str, f: q.RowFilter, columns: tuple[str, ...]):
+    """Per method and column: the 95 % percentile bootstrap interval of the mean over images (as
+    ``vitlens report`` computes it: the per-image means resampled, seed 0), as fractions: a DataFrame indexed
+    by method with ``<column>_lo`` and ``<column>_hi``."""
+    from compute.report import bootstrap_interval  # NumPy and pandas only
+
+    per_image = _run(store, fp, q.per_image_means, f, list(columns), known_columns(store, fp))
+    out = {}
+    for method, part in per_image.groupby("method", sort=False):
+        row = {}
+        for c in columns:
+            row[f"{c}_lo"], row[f"{c}_hi"] = bootstrap_interval(part[c].to_numpy(dtype="float64"))
+        out[method] = row
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def skips(store: str, fp: str, run_id: str):
+    return _run(store, fp, q.run_skips, run_id)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def correct_unknown_reason(store: str, fp: str, run_id: str) -> str:
+    return q.correct_unknown_reason(store, run_id)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
 def class_breakdown(store: str, fp: str, f: q.RowFilter, column: str):
     return _run(store, fp, q.class_breakdown, f, column, known_columns(store, fp))
 

@@ -111,8 +111,8 @@ def sidebar(store: Path) -> View | None:
     correct_known = fac["correct_known"] > 0
     us.declare(us.choice("correct", list(CORRECT_OPTIONS), "all"), shared=True)
     sb.radio("Prediction", CORRECT_OPTIONS, key="correct", horizontal=True, disabled=not correct_known,
-             help="correct: the top-1 class maps to a VOC class present in the image" if correct_known else
-             "unknown for this run (no mapping from the model's classes to VOC classes)")
+             help="correct: the top-1 class is (or maps to) a class present in the image" if correct_known else
+             "unknown for this run: " + data.correct_unknown_reason(s, fp, run["run_id"]))
     correct = {"correct": True, "incorrect": False}.get(st.session_state["correct"]) if correct_known else None
 
     columns = fac["columns"]

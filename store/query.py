@@ -95,14 +95,33 @@ def _runs_table(root: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def run_manifest(store: str | Path, run_id: str) -> dict:
+    """A run's manifest (``runs/<run_id>.json``); empty when it is missing or unreadable."""
+    try:
+        m = json.loads((Path(store).expanduser() / "runs" / f"{run_id}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) else {}
+
+
 def run_class_names(store: str | Path, run_id: str) -> list[str] | None:
     """The names of a run's mask indices as its manifest (``runs/<run_id>.json``) records them; None when the
     manifest is missing, unreadable or predates the field."""
-    try:
-        names = json.loads((Path(store).expanduser() / "runs" / f"{run_id}.json").read_text()).get("class_names")
-    except (OSError, ValueError, AttributeError):
-        return None
+    names = run_manifest(store, run_id).get("class_names")
     return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def correct_unknown_reason(store: str | Path, run_id: str) -> str:
+    """Why a run's ``correct`` column stays NULL, from its manifest: the reason the compute job recorded for not
+    mapping the head's classes to the data's (``class_map.unsupported``), else a generic one."""
+    class_map = run_manifest(store, run_id).get("class_map")
+    if isinstance(class_map, dict) and class_map.get("unsupported"):
+        return str(class_map["unsupported"])
+    if isinstance(class_map, dict) and class_map.get("name"):
+        return (f"the run maps the head's classes with {class_map['name']!r}, but no prediction could be checked "
+                "(no confidence or no ground truth on its rows)")
+    return ("the run's manifest records no class map (a store written before it was recorded, or a model whose "
+            "classes do not map to the data's)")
 
 
 def method_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None, min_confidence: float | None = None,
@@ -252,16 +271,40 @@ def leaderboard(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str]
     dashboard always sets it) the numbers equal the report's for that run and protocol. ``seconds`` is the
     mean over images of the sum of the image's rows' seconds (each row holds its target's share of the batch
     time, so the sum is what the image cost the method)."""
-    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)  # twice: rows, images
+    per_image, params = _per_image_sql(f, columns, known)
+    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)
     counts = ", ".join(f'count({_ident(c, known)}) AS {quote("n_" + c)}' for c in columns)
-    where, params = filter_sql(f, known)
     order = f"{_ident(columns[0], known)} {_best_first(columns[0])} NULLS LAST, " if columns else ""
-    sql = (f"WITH per_image AS (SELECT method, image_id, count(*) AS n_rows{', ' + means if means else ''}, "
-           f"sum(seconds) AS seconds FROM metrics WHERE {where} GROUP BY method, image_id) "
+    sql = (f"WITH per_image AS ({per_image}) "
            f"SELECT method, count(*) AS images, CAST(sum(n_rows) AS BIGINT) AS rows"
            f"{', ' + means if means else ''}{', ' + counts if counts else ''}, avg(seconds) AS seconds "
            f"FROM per_image GROUP BY method ORDER BY {order}method")
     return con.execute(sql, params).df()
+
+
+def _per_image_sql(f: RowFilter, columns: list[str], known: list[str]) -> tuple[str, list]:
+    """SQL (and parameters) of one row per (method, image) under ``f``: the row count, each of ``columns``
+    averaged over the image's rows (NULLs skipped) and the summed seconds."""
+    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)
+    where, params = filter_sql(f, known)
+    return (f"SELECT method, image_id, count(*) AS n_rows{', ' + means if means else ''}, sum(seconds) AS seconds "
+            f"FROM metrics WHERE {where} GROUP BY method, image_id"), params
+
+
+def per_image_means(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str], known: list[str]):
+    """One row per (method, image) under ``f`` with each of ``columns`` averaged over the image's rows: what
+    :func:`leaderboard` averages, and what its bootstrap intervals resample."""
+    sql, params = _per_image_sql(f, columns, known)
+    return con.execute(f"{sql} ORDER BY method, image_id", params).df()
+
+
+def run_skips(con: duckdb.DuckDBPyConnection, run_id: str):
+    """What a run left out and why: one row per (stage, reason) with the method (for a ``method:<name>``
+    stage, else NULL) and the number of images it concerns, most images first."""
+    return con.execute(
+        "SELECT stage, CASE WHEN starts_with(stage, 'method:') THEN substr(stage, 8) END AS method, reason, "
+        "count(DISTINCT image_id) AS images FROM skips WHERE run_id = ? GROUP BY stage, reason "
+        "ORDER BY images DESC, stage, reason", [run_id]).df()
 
 
 #: per protocol, how a row is assigned to VOC classes in :func:`class_breakdown`: ``clean`` scores a row on
