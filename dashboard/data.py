@@ -122,6 +122,11 @@ def image_ids(store: str, fp: str, run_id: str) -> list[str]:
     return _run(store, fp, q.image_ids, run_id)
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def metric_image_ids(store: str, fp: str, run_id: str) -> list[str]:
+    return _run(store, fp, q.metric_image_ids, run_id)
+
+
 # ------------------------------------------------------------------------------------------------ views
 @st.cache_data(max_entries=256, show_spinner=False)
 def leaderboard(store: str, fp: str, f: q.RowFilter, columns: tuple[str, ...]):
@@ -182,6 +187,27 @@ def failures(store: str, fp: str, f: q.RowFilter, column: str, limit: int, corre
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
+def failure_images(store: str, fp: str, f: q.RowFilter, column: str, limit: int, correct_only: bool,
+                   by_reliance: bool):
+    """One row per image ranked by evidence (:func:`store.query.failure_images`); ``by_reliance``: by the
+    counterfactual context reliance of the run's decisions under ``f.protocol``."""
+    def ranked(cur):
+        found = None
+        if by_reliance:
+            from store.shortcuts import reliance
+
+            found = reliance(cur, run_id=f.run_id, protocol=f.protocol)
+        return q.failure_images(cur, f, column, known_columns(store, fp), limit, correct_only, found)
+
+    return _run(store, fp, ranked)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def has_counterfactuals(store: str, fp: str, run_id: str) -> bool:
+    return _run(store, fp, q.has_counterfactuals, run_id)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
 def image_page(store: str, fp: str, f: q.RowFilter, column: str, order: str, limit: int, offset: int):
     return _run(store, fp, q.image_page, f, column, known_columns(store, fp), order, limit, offset)
 
@@ -189,6 +215,11 @@ def image_page(store: str, fp: str, f: q.RowFilter, column: str, order: str, lim
 @st.cache_data(max_entries=256, show_spinner=False)
 def rows_for_images(store: str, fp: str, f: q.RowFilter, ids: tuple[str, ...]):
     return _run(store, fp, q.rows_for_images, f, list(ids), known_columns(store, fp))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def filtered_image_ids(store: str, fp: str, f: q.RowFilter) -> list[str]:
+    return _run(store, fp, q.filtered_image_ids, f, known_columns(store, fp))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -19,7 +19,7 @@ from dashboard.metrics_info import label
 from store.query import RowFilter
 
 CORRECT_OPTIONS = ("all", "correct", "incorrect")
-FILTER_KEYS = ("model", "run", "protocol", "method", "cls", "group", "conf", "correct", "thr")
+FILTER_KEYS = ("model", "run", "protocol", "method", "cls", "group", "conf", "correct", "thr", "sel")
 
 
 @dataclass
@@ -53,6 +53,24 @@ def _run_facts(r: dict) -> str:
     bits = [f"weights `{r['weights']}`" if r.get("weights") else "", f"split {r['split']}" if r.get("split") else "",
             f"{int(r['images']):,} images", f"{int(r['rows']):,} rows"]
     return " · ".join(b for b in bits if b)
+
+
+def _selection(sb, store: str, fp: str, run_id: str) -> tuple[str, ...]:
+    """The selection of image ids (URL ``sel``, set by "show in the grid"): a filter of every page, with its
+    CSV export and a button that clears it."""
+    from dashboard.common import SELECTION, ids_csv
+
+    us.declare(us.choices(SELECTION, data.metric_image_ids(store, fp, run_id), []), shared=True)
+    chosen = tuple(st.session_state.get(SELECTION) or ())
+    if chosen:
+        sb.markdown(f"**Selection:** {len(chosen):,} image(s) — every page shows only these")
+        c1, c2 = sb.columns(2)
+        c1.download_button("Export CSV", ids_csv(chosen), file_name="vitlens-selection.csv", mime="text/csv",
+                           key="sel_csv", icon=":material/download:")
+        if c2.button("Clear", key="sel_clear", icon=":material/close:"):
+            us.forget([SELECTION])
+            st.rerun()
+    return chosen
 
 
 def sidebar(store: Path) -> View | None:
@@ -130,6 +148,8 @@ def sidebar(store: Path) -> View | None:
             thresholds.append((c, float(a), float(b)))
             sb.caption(f"only rows with {label(c)} in [{a:.2f}, {b:.2f}]; rows where it is undefined are left out")
 
+    selection = _selection(sb, s, fp, run["run_id"])
+
     if sb.button("Reset filters", key="reset_filters", width="stretch"):
         us.forget(list(FILTER_KEYS) + [f"thr_{c}" for c in columns])
         st.rerun()
@@ -139,5 +159,5 @@ def sidebar(store: Path) -> View | None:
         run_id=run["run_id"], protocol=st.session_state["protocol"],
         methods=None if chosen == methods else tuple(chosen), classes=tuple(st.session_state["cls"]),
         groups=groups, confidence=None if (not conf_known or conf == (0.0, 1.0)) else conf,
-        correct=correct, thresholds=tuple(thresholds))
+        correct=correct, thresholds=tuple(thresholds), images=selection)
     return View(store=s, fp=fp, run=run, facets=fac, known=known, columns=columns, filter=f, methods=chosen)

@@ -60,7 +60,8 @@ def choices(key: str, options: Sequence, default: Sequence) -> Param:
     def clean(v):
         if not isinstance(v, (list, tuple)):
             raise ValueError(v)
-        kept = [x for x in opts if x in set(v)] if v else []
+        wanted = set(v)
+        kept = [x for x in opts if x in wanted] if v else []
         if v and not kept:
             raise ValueError(v)
         return kept
@@ -188,6 +189,18 @@ def declare(p: Param, shared: bool = False, initial: Any = None) -> Any:
     # widget to Streamlit, and only a value set through session state carries over to it.
     ss[p.key] = value
     return value
+
+
+def pending(key: str):
+    """The value the next :func:`declare` of ``key`` will consider first (session, then a value asked for with
+    :func:`remember`, then the link's last one), unchecked; None when there is none. For a page whose options
+    depend on the value asked for (an image outside the filters is still shown)."""
+    ss = st.session_state
+    if key in ss:
+        return ss[key]
+    if key in ss.get(_REMEMBERED, {}):
+        return ss[_REMEMBERED][key]
+    return st.query_params.get(key)
 
 
 def rejected() -> list[tuple[str, Any, Any]]:

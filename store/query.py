@@ -190,6 +190,7 @@ class RowFilter:
     confidence: tuple[float, float] | None = None
     correct: bool | None = None
     thresholds: tuple[tuple[str, float, float], ...] = ()
+    images: tuple[str, ...] = ()      # a selection of image ids (empty: every image)
 
 
 def filter_sql(f: RowFilter, columns) -> tuple[str, list]:
@@ -214,6 +215,9 @@ def filter_sql(f: RowFilter, columns) -> tuple[str, list]:
     if f.correct is not None:
         sql.append("correct = ?")
         params.append(bool(f.correct))
+    if f.images:
+        sql.append("list_contains(?::VARCHAR[], image_id)")
+        params.append(list(f.images))
     for column, lo, hi in f.thresholds:
         sql.append(f"{_ident(column, columns)} BETWEEN ? AND ?")
         params += [float(lo), float(hi)]
@@ -399,6 +403,55 @@ def failure_cases(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, kno
     return con.execute(sql, params + [int(limit)]).df()
 
 
+def failure_images(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str],
+                   limit: int = 50, correct_only: bool = False, reliance=None):
+    """One row per image, ranked by evidence that the decision rests on the wrong reason (highest first):
+    image_id, score, evidence, confidence, pred_label, correct, gt_classes, image_group, worst_method, and
+    one ``method:<name>`` column per method with that method's mean of ``column`` on the image.
+
+    Without ``reliance`` the score is ``confidence × mean over methods of (1 − column)`` for a column whose
+    catalogue direction is higher-is-better (IoU: the maps miss the object), ``confidence × mean of column``
+    for a lower-is-better one (cue mass: the maps sit on the cue); a row without a confidence (a headless model)
+    counts with confidence 1. With ``reliance`` (one row per decision: image_id, context_reliance, from
+    :func:`store.shortcuts.reliance`), the score is the image's highest context reliance: how much of the
+    explained class's probability survives with the object removed; images without one rank last.
+    ``worst_method`` is the method whose map scores worst on ``column`` (the preview to show)."""
+    q = _ident(column, known)
+    term = "v" if catalogue.lower_is_better(column) else "(1 - v)"
+    where, params = filter_sql(f, known)
+    extra = " AND correct" if correct_only else ""
+    per = (f"SELECT image_id, method, avg({q}) AS v, max(confidence) AS conf, any_value(pred_label) AS pred_label, "
+           f"bool_or(correct) AS correct, any_value(gt_classes) AS gt_classes, any_value(image_group) AS image_group "
+           f"FROM metrics WHERE {where}{extra} GROUP BY image_id, method")
+    rows = con.execute(f"WITH per AS ({per}) SELECT *, {term} AS bad FROM per ORDER BY image_id, method",
+                       params).df()
+    if rows.empty:
+        return rows.assign(score=[], evidence=[], worst_method=[])
+    facts = rows.groupby("image_id", sort=False).agg(
+        confidence=("conf", "max"), pred_label=("pred_label", "first"), correct=("correct", "first"),
+        gt_classes=("gt_classes", "first"), image_group=("image_group", "first"), bad=("bad", "mean"))
+    worst = rows.dropna(subset=["bad"]).sort_values(["bad", "method"], ascending=[False, True])
+    facts["worst_method"] = worst.drop_duplicates("image_id").set_index("image_id")["method"]
+    if reliance is None:
+        facts["evidence"] = facts["bad"]
+        facts["score"] = facts["confidence"].fillna(1.0) * facts["bad"]
+    else:
+        per_image = reliance.groupby("image_id")["context_reliance"].max()
+        facts["evidence"] = per_image.reindex(facts.index)
+        facts["score"] = facts["evidence"]
+    facts = facts.dropna(subset=["score"]).reset_index()
+    facts = facts.sort_values(["score", "image_id"], ascending=[False, True], kind="stable").head(int(limit))
+    wide = rows.pivot(index="image_id", columns="method", values="v").add_prefix("method:")
+    out = facts.drop(columns="bad").merge(wide, left_on="image_id", right_index=True, how="left")
+    return out.reset_index(drop=True)
+
+
+def has_counterfactuals(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    """True when the run's ``counterfactuals`` table has a made variant (a store computed with them)."""
+    return con.execute("SELECT count(*) FROM counterfactuals WHERE run_id = ? AND score IS NOT NULL",
+                       [run_id]).fetchone()[0] > 0
+
+
 #: the orders of :func:`image_page`; "worst" and "best" follow the metric's catalogue direction
 IMAGE_ORDERS = ("image id", "worst first", "best first", "most confident first")
 
@@ -439,10 +492,24 @@ def rows_for_images(con: duckdb.DuckDBPyConnection, f: RowFilter, image_ids: lis
                        "ORDER BY image_id, method, protocol, target_class", params + [list(image_ids)]).df()
 
 
+def filtered_image_ids(con: duckdb.DuckDBPyConnection, f: RowFilter, known: list[str]) -> list[str]:
+    """The images under ``f`` that have a stored picture (what the image detail can show), by image id."""
+    where, params = filter_sql(f, known)
+    return [r[0] for r in con.execute(
+        f"SELECT DISTINCT image_id FROM metrics WHERE {where} AND image_id IN "
+        "(SELECT image_id FROM images WHERE run_id = ?) ORDER BY image_id", params + [f.run_id]).fetchall()]
+
+
 def image_rows(con: duckdb.DuckDBPyConnection, run_id: str, image_id: str):
     """Every metrics row of one image of one run, whatever the filters."""
     return con.execute("SELECT * FROM metrics WHERE run_id = ? AND image_id = ? "
                        "ORDER BY method, protocol, target_class", [run_id, image_id]).df()
+
+
+def metric_image_ids(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    """Every image with metric rows in the run (what a selection may name), sorted."""
+    return [r[0] for r in con.execute("SELECT DISTINCT image_id FROM metrics WHERE run_id = ? ORDER BY image_id",
+                                      [run_id]).fetchall()]
 
 
 def image_ids(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
