@@ -107,6 +107,8 @@ _UNAVAILABLE = {
     "model": "no run of that model in this store",
     "run": "no such run of the chosen model in this store",
     "image": "not in this run's images table (no picture or maps of it were stored)",
+    "conf": "this run's model has no classifier head, so there is no confidence to filter on",
+    "sel": "some of these images are not in this run",
 }
 
 
@@ -124,6 +126,10 @@ def link_warnings(container=None) -> None:
         why = _UNAVAILABLE.get(key, "not one of the current choices")
         box.warning(f"The link asks for `{key}={_shown(asked)}`, which is not available ({why}); "
                     f"showing `{_shown(used)}` instead.", icon=":material/link_off:")
+    for key, asked in us.unused_link_params():
+        hint = (f" (it takes effect with `thr={key[4:]}`)" if key.startswith("thr_") else "")
+        box.warning(f"The link's `{key}={_shown(asked)}` is not used on this page{hint}, so it is ignored.",
+                    icon=":material/link_off:")
 
 
 def need_methods(view) -> bool:

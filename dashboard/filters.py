@@ -125,6 +125,8 @@ def sidebar(store: Path) -> View | None:
     sb.slider("Confidence (top-1 probability)", 0.0, 1.0, key="conf", step=0.01, disabled=not conf_known,
               help=None if conf_known else "this run's model has no classifier head")
     conf = tuple(st.session_state["conf"])
+    if not conf_known and conf != (0.0, 1.0):  # a link's range that nothing here can apply
+        us.reject("conf", list(conf), "(no confidence filter)")
 
     correct_known = fac["correct_known"] > 0
     us.declare(us.choice("correct", list(CORRECT_OPTIONS), "all"), shared=True)

@@ -89,3 +89,194 @@ def test_unknown_correctness_gives_the_manifests_reason(odd_store, tmp_path, app
 def test_demo_store_knows_which_predictions_are_correct(demo_store, app_at):
     at = run(app_at(demo_store))
     assert not at.sidebar.radio(key="correct").disabled
+
+
+# ------------------------------------------------------------------------------------------------ links
+def test_a_link_with_one_bad_method_warns_about_it(small_store, app_at):
+    at = run(app_at(small_store, model="vit_a", run="top1run02", method=["rollout", "no_such_method"]))
+    assert at.sidebar.multiselect(key="method").value == ["rollout"]
+    assert any("no_such_method" in w for w in warnings(at))
+
+
+def test_a_threshold_range_without_its_column_warns(small_store, app_at):
+    at = run(app_at(small_store, model="vit_a", run="top1run02", thr_iou=["0.2", "0.9"]))
+    assert any("thr_iou" in w and "thr=iou" in w for w in warnings(at))
+    assert "thr_iou" not in at.query_params
+
+
+def test_a_confidence_range_on_a_headless_run_warns(odd_store, app_at):
+    at = run(app_at(odd_store, conf=["0.5", "1"]))
+    assert any("conf=" in w and "no classifier head" in w for w in warnings(at))
+
+
+def test_a_clean_link_warns_about_nothing(small_store, app_at):
+    at = run(app_at(small_store, model="vit_a", run="top1run02", method=["rollout"], thr="iou",
+                    thr_iou=["0.2", "0.9"]))
+    assert not warnings(at)
+
+
+# ------------------------------------------------------------------------------------------ orderings
+def _mean_per_image(store, run_id, column, protocol="report"):
+    from store import query as q
+
+    con = q.connect(store)
+    df = con.execute(f"SELECT image_id, {column} AS v FROM metrics WHERE run_id = ? AND protocol = ?",
+                     [run_id, protocol]).df()
+    con.close()
+    return df.groupby("image_id")["v"].mean()
+
+
+def test_grid_worst_first_by_cue_mass_shows_the_highest_cue_mass_first(demo_store, app_at):
+    at = goto(app_at(demo_store, order="worst first", order_metric="cue_mass", per_page="4"), "grid")
+    shown = [c.value.split("**")[1] for c in at.caption if c.value.startswith("**")]
+    means = _mean_per_image(demo_store, _run_id(demo_store), "cue_mass").dropna()
+    assert shown[0] == means.idxmax() and means[shown[0]] > means.median()
+    assert "lower is better" in texts(at) and "worst first" in texts(at)
+
+
+def _run_id(store):
+    from store import query as q
+
+    con = q.connect(store)
+    try:
+        return q.run_catalog(con)["run_id"].iloc[0]
+    finally:
+        con.close()
+
+
+def test_scatter_caption_follows_the_metrics_direction(demo_store, app_at):
+    at = goto(app_at(demo_store, metric="cue_mass"), "distributions")
+    assert "upper right" in texts(at) and "lower right" not in texts(at)
+    at = goto(app_at(demo_store, metric="iou"), "distributions")
+    assert "lower right" in texts(at) and "upper right" not in texts(at)
+
+
+# ------------------------------------------------------------------------------------------------- grid
+def test_grid_cells_removed_by_a_threshold_read_as_filtered(small_store, app_at):
+    at = goto(app_at(small_store, model="vit_a", run="top1run02", thr="iou", thr_iou=["0.5", "1"], per_page="16"),
+              "grid")
+    captions = [c.value for c in at.caption]
+    assert any(c == "filtered out by a metric threshold" for c in captions)
+    assert "no map" not in captions
+
+
+def test_grid_headers_wrap_only_between_words_and_cue_legend_needs_cues(small_store, demo_store, app_at):
+    at = goto(app_at(small_store, model="vit_a", run="top1run02"), "grid")
+    assert "planted cue" not in texts(at) and "min-max normalised" in texts(at)
+    assert not [t for t in at.toggle if t.key == "cue"]
+    at = goto(app_at(demo_store, per_page="4"), "grid")
+    headers = [m.value for m in at.markdown if m.value.startswith("**") and "_" in m.value]
+    assert headers and all("_\u200b" in h for h in headers)
+    assert "planted cue" in texts(at) and [t for t in at.toggle if t.key == "cue"]
+
+
+def test_no_prediction_never_reads_none(odd_store, app_at):
+    at = goto(app_at(odd_store, per_page="4"), "grid")
+    assert "None" not in texts(at) and "pred" not in texts(at)
+
+
+# ---------------------------------------------------------------------------------------- failure cases
+def test_failure_cases_rank_images_by_context_reliance_when_the_store_has_it(tmp_path, app_at):
+    from tests.dashboard import synth
+
+    store = synth.build(tmp_path / "s")
+    wanted = {"img_000": 0.1, "img_001": 0.9, "img_002": 0.4, "img_003": 0.7, "img_004": 0.2, "img_005": 0.6}
+    synth.add_counterfactuals(store, "top1run02", wanted)
+    at = goto(app_at(store, model="vit_a", run="top1run02"), "failures")
+    assert at.selectbox(key="fc_metric").value == "context reliance"
+    cases = table(at, "failure_table")
+    assert list(cases["image_id"]) == sorted(wanted, key=wanted.get, reverse=True)
+    assert cases["score"].to_numpy() == pytest.approx(sorted(wanted.values(), reverse=True), abs=1e-5)
+
+
+def test_failure_cases_rank_a_cue_store_by_cue_mass_one_row_per_image(demo_store, app_at):
+    at = goto(app_at(demo_store), "failures")
+    assert at.selectbox(key="fc_metric").value == "cue_mass"
+    cases = table(at, "failure_table")
+    assert cases["image_id"].is_unique
+    methods = [c for c in cases if c.startswith("method:")]
+    assert len(methods) == len(at.sidebar.multiselect(key="method").value)
+    expected = cases["confidence"] * cases[methods].mean(axis=1)
+    assert cases["score"].to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-5)
+    assert list(cases["score"]) == sorted(cases["score"], reverse=True)
+
+
+def test_failure_preview_card_opens_its_image(small_store, app_at):
+    at = goto(app_at(small_store, model="vit_a", run="top1run02"), "failures")
+    first = table(at, "failure_table")["image_id"].iloc[0]
+    at.button(key=f"fc_open_{first}").click()
+    run(at)
+    assert [t.value for t in at.title] == ["Image detail"] and at.query_params["image"] == first
+
+
+# ------------------------------------------------------------------------------- selections lead somewhere
+def test_the_failure_list_goes_to_the_grid_and_stays_in_the_url(small_store, app_at):
+    at = goto(app_at(small_store, model="vit_a", run="top1run02", fc_n="25"), "failures")
+    ids = list(table(at, "failure_table")["image_id"])
+    csv = next(b for b in at.get("download_button") if b.proto.id and "fc_csv" in b.proto.id)
+    assert csv is not None
+    at.button(key="fc_to_grid").click()
+    run(at)
+    assert [t.value for t in at.title] == ["Heatmap grid"]
+    assert sorted(at.query_params.get_all("sel") if hasattr(at.query_params, "get_all")
+                  else at.query_params["sel"]) == sorted(ids)
+    assert f"{len(ids)} images" in texts(at)
+
+
+def test_a_box_selection_in_the_scatter_goes_to_the_grid(small_store, app_at):
+    at = goto(app_at(small_store, model="vit_a", run="top1run02"), "distributions")
+    picked = ["img_001", "img_004", "img_005"]
+    at.session_state["scatter"] = {"selection": {"points": [{"customdata": [i]} for i in picked],
+                                                 "point_indices": [], "box": [], "lasso": []}}
+    run(at)
+    assert f"{len(picked)} images selected" in texts(at)
+    at.button(key="scatter_to_grid").click()
+    run(at)
+    assert [t.value for t in at.title] == ["Heatmap grid"]
+    shown = sorted(c.value.split("**")[1] for c in at.caption if c.value.startswith("**img_"))
+    assert shown == picked
+
+
+def test_a_scatter_click_without_customdata_opens_the_image(small_store, app_at):
+    from dashboard.common import selected_image_ids
+
+    event = {"selection": {"points": [{"curve_number": 1, "point_index": 2}]}}
+    assert selected_image_ids(event, [["a", "b"], ["c", "d", "e"]]) == ["e"]
+    assert selected_image_ids(event, None) == []
+
+
+def test_a_shared_selection_link_shows_only_those_images(small_store, app_at):
+    at = goto(app_at(small_store, model="vit_a", run="top1run02", sel=["img_002", "img_003"]), "grid")
+    shown = sorted(c.value.split("**")[1] for c in at.caption if c.value.startswith("**img_"))
+    assert shown == ["img_002", "img_003"]
+    assert "2 image(s)" in texts(at)
+    at.sidebar.button(key="sel_clear").click()
+    run(at)
+    assert "sel" not in at.query_params
+
+
+def test_ids_csv_lists_the_selection():
+    from dashboard.common import ids_csv
+
+    assert ids_csv(["a", "b"]).decode().splitlines() == ["image_id", "a", "b"]
+
+
+# ------------------------------------------------------------------------------------------ image detail
+def test_image_detail_steps_through_the_filtered_images(small_store, app_at):
+    at = goto(app_at(small_store, model="vit_a", run="top1run02", cls="cat"), "image")
+    options = at.selectbox(key="image").options
+    assert options == ["img_001", "img_003", "img_005"]  # the cat images only (odd ids), in order
+    assert at.selectbox(key="image").value == "img_001"
+    at.button(key="img_next").click()
+    run(at)
+    assert at.selectbox(key="image").value == "img_003" and at.query_params["image"] == "img_003"
+    at.button(key="img_prev").click()
+    run(at)
+    assert at.selectbox(key="image").value == "img_001"
+    assert at.button(key="img_prev").disabled
+
+
+def test_image_outside_the_filters_is_still_shown_with_a_note(small_store, app_at):
+    at = goto(app_at(small_store, model="vit_a", run="top1run02", cls="cat", image="img_002"), "image")
+    assert at.selectbox(key="image").value == "img_002"
+    assert "outside the sidebar's filters" in texts(at)

@@ -130,6 +130,7 @@ def test_stop_signal_stops_the_server_and_frees_the_port(small_store, signum):
         assert not alive, f"server processes still alive after the signal: {alive}"
         assert not launch.port_in_use(port, "127.0.0.1")
         assert not _healthy(port)
+        assert "No runtime found" not in proc.stdout.read()  # the launcher never imports the cached pages
     finally:
         if proc.poll() is None:
             proc.kill()
