@@ -101,15 +101,16 @@ if common.need_methods(view) and common.need_columns(view):
             traces = []  # the image ids of each trace's points, to resolve a selection without customdata
             for m, part in points.groupby("method", sort=True):
                 traces.append(part["image_id"].astype(str).tolist())
-                sfig.add_trace(go.Scattergl(
+                sfig.add_trace(go.Scatter(
                     x=part["confidence"], y=part["value"], mode="markers", name=m,
                     marker={"color": colours.get(m), "size": 7, "opacity": 0.75},
                     customdata=part[["image_id", "pred_label", "gt_classes"]].astype(str).values,
                     hovertemplate="%{customdata[0]}<br>pred %{customdata[1]} · GT %{customdata[2]}<br>"
                                   "confidence %{x:.3f} · " + label(metric) + " %{y:.3f}<extra>" + m + "</extra>"))
             sfig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                               xaxis_title="confidence (top-1 probability)", yaxis_title=label(metric),
-                               clickmode="event+select", dragmode="select")
+                               xaxis_title="confidence (top-1 probability)", yaxis_title=label(metric))
+            # no dragmode of our own: Streamlit turns clicks into selections only while the drag tool is not
+            # box/lasso select (the toolbar's select tools still draw boxes)
             event = st.plotly_chart(sfig, key="scatter", on_select="rerun", selection_mode=("points", "box"))
             shown = (f"a fixed subset of {len(points):,} of {total:,} rows" if total > len(points)
                      else f"all {total:,} rows")

@@ -280,3 +280,13 @@ def test_image_outside_the_filters_is_still_shown_with_a_note(small_store, app_a
     at = goto(app_at(small_store, model="vit_a", run="top1run02", cls="cat", image="img_002"), "image")
     assert at.selectbox(key="image").value == "img_002"
     assert "outside the sidebar's filters" in texts(at)
+
+
+def test_scatter_clicks_select_points(small_store, app_at):
+    """Streamlit turns a click into a selection only while the drag tool is not box or lasso select."""
+    from tests.dashboard.helpers import charts
+
+    at = goto(app_at(small_store, model="vit_a", run="top1run02"), "distributions")
+    scatter = charts(at)[-1]
+    assert scatter["layout"].get("dragmode") not in ("select", "lasso")
+    assert all(t["type"] == "scatter" for t in scatter["data"])  # SVG points: a click picks the point
