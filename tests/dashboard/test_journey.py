@@ -290,3 +290,12 @@ def test_scatter_clicks_select_points(small_store, app_at):
     scatter = charts(at)[-1]
     assert scatter["layout"].get("dragmode") not in ("select", "lasso")
     assert all(t["type"] == "scatter" for t in scatter["data"])  # SVG points: a click picks the point
+
+
+def test_image_detail_labels_its_metadata_and_binds_the_arrow_keys(odd_store, app_at):
+    at = goto(app_at(odd_store, image="syn_001"), "image")
+    assert [e.label for e in at.main.expander if "metadata" in e.label]
+    assert at.main.json and all(j in [x for e in at.main.expander for x in e.json] for j in at.main.json)
+    shortcuts = {b.key: b.proto.shortcut for b in at.main.button if b.key in ("img_prev", "img_next")}
+    assert shortcuts == {"img_prev": "left", "img_next": "right"} or \
+        {k: v.lower() for k, v in shortcuts.items()} == {"img_prev": "left", "img_next": "right"}
