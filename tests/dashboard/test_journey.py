@@ -299,3 +299,17 @@ def test_image_detail_labels_its_metadata_and_binds_the_arrow_keys(odd_store, ap
     shortcuts = {b.key: b.proto.shortcut for b in at.main.button if b.key in ("img_prev", "img_next")}
     assert shortcuts == {"img_prev": "left", "img_next": "right"} or \
         {k: v.lower() for k, v in shortcuts.items()} == {"img_prev": "left", "img_next": "right"}
+
+
+def test_the_dashboards_bootstrap_is_the_reports(app_at):
+    """The leaderboard draws its resampling indices once per sample size; the intervals stay the report's."""
+    import numpy as np
+
+    from compute.report import bootstrap_interval
+    from dashboard.data import bootstrap
+
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 300):
+        v = rng.random(n)
+        v[rng.random(n) < 0.2] = np.nan
+        assert bootstrap(v) == pytest.approx(bootstrap_interval(v), abs=1e-12, nan_ok=True)
