@@ -11,6 +11,9 @@ from store.query import CLASS_AWARE_PROTOCOLS
 #: the columns whose cells carry a 95 % bootstrap interval: the evaluation report's main three (resampling
 #: every column would cost seconds on a large run)
 INTERVAL_COLUMNS = ("iou", "f1", "pixel_accuracy")
+#: up to this many (method, image) means the intervals are on by default (about 0.3 s of resampling on two
+#: cores); above, a switch turns them on, so that a filter change on a large run stays within a second
+INTERVALS_BY_DEFAULT = 20_000
 
 
 def interval_text(lo: float, hi: float, n) -> str:
@@ -50,7 +53,12 @@ if common.need_methods(view):
         config = {"method": st.column_config.TextColumn("Method", pinned=True),
                   "images": st.column_config.NumberColumn("Images", help="distinct images"),
                   "rows": st.column_config.NumberColumn("Rows", help="metric rows (image × explained target)")}
-        with_ci = tuple(c for c in INTERVAL_COLUMNS if c in view.columns)
+        cells = int(board["images"].sum())
+        us.declare(us.flag("lb_ci", cells <= INTERVALS_BY_DEFAULT))
+        show_ci = st.toggle("95 % intervals", key="lb_ci",
+                            help=f"bootstrap intervals of the means (on by default up to {INTERVALS_BY_DEFAULT:,} "
+                                 f"method × image means; this view has {cells:,})")
+        with_ci = tuple(c for c in INTERVAL_COLUMNS if c in view.columns) if show_ci else ()
         ci = data.leaderboard_intervals(view.store, view.fp, view.filter, with_ci) if with_ci else None
         for c in view.columns:
             table[c] = board[c] * 100.0
