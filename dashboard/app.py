@@ -24,7 +24,7 @@ from dashboard import urlstate as us  # noqa: E402
 def main() -> None:
     st.set_page_config(page_title="vitlens", page_icon=":material/visibility:", layout="wide")
     us.begin_run()
-    store = data.store_path()
+    store, found_below = data.locate(data.store_path())
     problem = data.store_problem(store)
     view = None
     if problem is None:
@@ -49,6 +49,8 @@ def main() -> None:
         page.run()
         return
     st.sidebar.caption(f"store `{view.store}`")
+    if found_below:
+        st.info(found_below, icon=":material/folder_open:")
     damaged = data.damaged_parts(str(view.store), data.fingerprint(str(view.store)))
     if damaged:
         st.warning(f"{len(damaged)} damaged or missing part(s) of the store are left out, with their whole batch; "

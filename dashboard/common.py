@@ -24,6 +24,9 @@ PAGES = (
     ("views/compare.py", "Compare runs", "compare", ":material/compare:"),
 )
 IMAGE_PAGE = "views/image.py"
+GRID_PAGE = "views/grid.py"
+#: the URL parameter that holds a selection of image ids (a sidebar filter once set)
+SELECTION = "sel"
 
 
 def set_view(view, problem: str | None = None) -> None:
@@ -63,11 +66,51 @@ def open_image(image_id: str) -> None:
     st.switch_page(IMAGE_PAGE, query_params={**us.url_params(shared_only=True), "image": str(image_id)})
 
 
+def show_in_grid(image_ids) -> None:
+    """Make ``image_ids`` the selection (a filter every page applies, kept in the URL) and go to the grid."""
+    ids = [str(i) for i in dict.fromkeys(image_ids)]
+    us.remember(SELECTION, ids)
+    us.remember("page", 1)
+    st.switch_page(GRID_PAGE, query_params={**us.url_params(shared_only=True), SELECTION: ids})
+
+
+def ids_csv(image_ids) -> bytes:
+    """Image ids as a one-column CSV file (header ``image_id``)."""
+    return ("image_id\n" + "".join(f"{i}\n" for i in image_ids)).encode()
+
+
+def selection_actions(image_ids, key: str, what: str = "selected images") -> None:
+    """Where a selection leads: the grid (showing only these images) and a CSV of their ids."""
+    ids = list(dict.fromkeys(str(i) for i in image_ids))
+    if not ids:
+        return
+    c1, c2, _ = st.columns([2, 2, 4])
+    if c1.button(f"Show {len(ids)} {what} in the grid", key=f"{key}_to_grid", icon=":material/grid_view:"):
+        show_in_grid(ids)
+    c2.download_button(f"Export {len(ids)} image ids (CSV)", ids_csv(ids), file_name="vitlens-images.csv",
+                       mime="text/csv", key=f"{key}_csv", icon=":material/download:")
+
+
+def cell_image(view, batch: tuple, image_id: str, row: dict, method: str | None, style: tuple,
+               methods: tuple | None = None) -> bytes:
+    """The JPEG of one picture cell: ``image_id`` with the map of ``method`` explaining ``row``'s target (no
+    map when ``method`` is None), under the view's protocol; ``batch`` the ids fetched together."""
+    from dashboard import data
+
+    tc = nan_to_none(row.get("target_class"))
+    return data.overlay(view.store, view.fp, view.run_id, batch, image_id, method,
+                        nan_to_none(row.get("target_kind")), None if tc is None else int(tc),
+                        view.protocol or "report", nan_to_none(row.get("gt_target")), style,
+                        methods)
+
+
 #: why a link's value may not be available, per URL parameter (others: not among the current choices)
 _UNAVAILABLE = {
     "model": "no run of that model in this store",
     "run": "no such run of the chosen model in this store",
     "image": "not in this run's images table (no picture or maps of it were stored)",
+    "conf": "this run's model has no classifier head, so there is no confidence to filter on",
+    "sel": "some of these images are not in this run",
 }
 
 
@@ -85,6 +128,10 @@ def link_warnings(container=None) -> None:
         why = _UNAVAILABLE.get(key, "not one of the current choices")
         box.warning(f"The link asks for `{key}={_shown(asked)}`, which is not available ({why}); "
                     f"showing `{_shown(used)}` instead.", icon=":material/link_off:")
+    for key, asked in us.unused_link_params():
+        hint = (f" (it takes effect with `thr={key[4:]}`)" if key.startswith("thr_") else "")
+        box.warning(f"The link's `{key}={_shown(asked)}` is not used on this page{hint}, so it is ignored.",
+                    icon=":material/link_off:")
 
 
 def need_methods(view) -> bool:
@@ -162,10 +209,28 @@ def overlay_controls(view, container=None) -> tuple:
     us.declare(us.flag("otsu", False))
     c4.toggle("Otsu mask", key="otsu", help="outline of the map's Otsu mask: the pixels IoU and F1 count")
     us.declare(us.flag("cue", True))
-    c5.toggle("Cue", key="cue", help="outline of the planted cue, on images that carry one")
+    if has_cues(view):  # a store without a planted cue gets no switch for it
+        c5.toggle("Cue", key="cue", help="outline of the planted cue, on images that carry one")
     s = OverlayStyle(st.session_state["cmap"], float(st.session_state["alpha"]), bool(st.session_state["gt"]),
                      bool(st.session_state["otsu"]), bool(st.session_state["cue"]))
     return (s.cmap, s.alpha, s.gt, s.otsu, s.cue)
+
+
+def has_cues(view) -> bool:
+    """True when the run plants a cue (it fills a cue metric column)."""
+    from store.catalogue import names
+
+    return any(c in view.columns for c in names("cue"))
+
+
+def prediction_text(row, digits: int = 3, prefix: str = "") -> str:
+    """``prefix`` + "label (confidence)"; only the label without a confidence, and nothing at all for a row
+    without a prediction (a headless model), never "None (–)"."""
+    pred = nan_to_none(row.get("pred_label")) if row else None
+    if pred is None:
+        return ""
+    conf = nan_to_none(row.get("confidence"))
+    return f"{prefix}{pred}" + (f" ({fmt(conf, digits)})" if conf is not None else "")
 
 
 def primary_rows(rows):
@@ -208,13 +273,21 @@ def as_list(x) -> list:
         return [x]
 
 
-def selected_image_ids(event) -> list[str]:
-    """Distinct image ids of the points selected in a chart whose points carry the image id as the first
-    ``customdata`` entry (the ``on_select`` state of ``st.plotly_chart``), in selection order."""
+def selected_image_ids(event, traces: list[list[str]] | None = None) -> list[str]:
+    """Distinct image ids of the points selected in a chart (the ``on_select`` state of ``st.plotly_chart``),
+    in selection order: the first ``customdata`` entry of each point, or, for a point that carries none (a
+    WebGL trace's click), ``traces[curve_number][point_index]`` (the image ids of each trace's points)."""
     points = ((event or {}).get("selection") or {}).get("points") or []
     ids = []
     for p in points:
-        cd = p.get("customdata") if isinstance(p, dict) else None
+        if not isinstance(p, dict):
+            continue
+        cd = p.get("customdata")
         if cd:
             ids.append(str(cd[0]) if isinstance(cd, (list, tuple)) else str(cd))
+            continue
+        curve, index = p.get("curve_number"), p.get("point_index", p.get("point_number"))
+        if traces is not None and curve is not None and index is not None \
+                and 0 <= curve < len(traces) and 0 <= index < len(traces[curve]):
+            ids.append(traces[curve][index])
     return list(dict.fromkeys(ids))

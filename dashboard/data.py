@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from dashboard.launch import ENV_STORE  # noqa: F401 (re-export: the launcher sets it without Streamlit)
 from store import query as q
 from store.schema import decode_heatmap
 
-ENV_STORE = "VITLENS_STORE"
 DEFAULT_STORE = "results"
 
 
@@ -39,6 +39,17 @@ def store_path(argv: list[str] | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def locate(store: Path) -> tuple[Path, str | None]:
+    """The store to show for the folder ``store`` and a note when it is not that folder itself: a folder
+    without results that holds exactly one store one level down (the demo's ``--out``) shows that one."""
+    if q.has_results(store):
+        return store, None
+    below = q.stores_below(store)
+    if len(below) == 1:
+        return below[0], f"`{store}` holds no results itself; showing the store in its subfolder `{below[0].name}`."
+    return store, None
+
+
 def store_problem(store: Path) -> str | None:
     """None when ``store`` holds results; otherwise why not, in one sentence."""
     if not store.exists():
@@ -46,6 +57,10 @@ def store_problem(store: Path) -> str | None:
     if not store.is_dir():
         return f"`{store}` is not a folder."
     if not q.has_results(store):
+        below = q.stores_below(store)
+        if below:  # several stores one level down: name them (one is shown directly, see locate)
+            return (f"`{store}` holds no results itself, but these subfolders are stores: "
+                    + ", ".join(f"`{p}`" for p in below) + ". Start the dashboard with `--store` one of them.")
         return f"The store `{store}` holds no results yet."
     return None
 
@@ -107,10 +122,62 @@ def image_ids(store: str, fp: str, run_id: str) -> list[str]:
     return _run(store, fp, q.image_ids, run_id)
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def metric_image_ids(store: str, fp: str, run_id: str) -> list[str]:
+    return _run(store, fp, q.metric_image_ids, run_id)
+
+
 # ------------------------------------------------------------------------------------------------ views
 @st.cache_data(max_entries=256, show_spinner=False)
 def leaderboard(store: str, fp: str, f: q.RowFilter, columns: tuple[str, ...]):
     return _run(store, fp, q.leaderboard, f, list(columns), known_columns(store, fp))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def leaderboard_intervals(store: str, fp: str, f: q.RowFilter, columns: tuple[str, ...]):
+    """Per method and column: the 95 % percentile bootstrap interval of the mean over images, exactly as
+    ``vitlens report`` computes it (the per-image means resampled 1000 times, seed 0), as fractions: a DataFrame
+    indexed by method with ``<column>_lo`` and ``<column>_hi``."""
+    per_image = _run(store, fp, q.per_image_means, f, list(columns), known_columns(store, fp))
+    out = {}
+    for method, part in per_image.groupby("method", sort=False):
+        out[method] = {}
+        for c in columns:
+            out[method][f"{c}_lo"], out[method][f"{c}_hi"] = bootstrap(part[c].to_numpy(dtype="float64"))
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _resamples(n: int, resamples: int = 1000, seed: int = 0):
+    """The resampling indices ``compute.report.bootstrap_interval`` draws for ``n`` values (it seeds a fresh
+    generator on every call, so every method and column with ``n`` values shares them): drawn once."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n)).astype(np.int32)  # half the memory
+
+
+def bootstrap(values, level: float = 0.95) -> tuple[float, float]:
+    """``compute.report.bootstrap_interval(values)`` (NaNs dropped; NaN when nothing is left), with the
+    resampling indices drawn once per sample size (:func:`_resamples`) instead of once per call."""
+    import numpy as np
+
+    v = values[~np.isnan(values)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    means = v[_resamples(int(v.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def skips(store: str, fp: str, run_id: str):
+    return _run(store, fp, q.run_skips, run_id)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def correct_unknown_reason(store: str, fp: str, run_id: str) -> str:
+    return q.correct_unknown_reason(store, run_id)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -140,6 +207,27 @@ def failures(store: str, fp: str, f: q.RowFilter, column: str, limit: int, corre
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
+def failure_images(store: str, fp: str, f: q.RowFilter, column: str, limit: int, correct_only: bool,
+                   by_reliance: bool):
+    """One row per image ranked by evidence (:func:`store.query.failure_images`); ``by_reliance``: by the
+    counterfactual context reliance of the run's decisions under ``f.protocol``."""
+    def ranked(cur):
+        found = None
+        if by_reliance:
+            from store.shortcuts import reliance
+
+            found = reliance(cur, run_id=f.run_id, protocol=f.protocol)
+        return q.failure_images(cur, f, column, known_columns(store, fp), limit, correct_only, found)
+
+    return _run(store, fp, ranked)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def has_counterfactuals(store: str, fp: str, run_id: str) -> bool:
+    return _run(store, fp, q.has_counterfactuals, run_id)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
 def image_page(store: str, fp: str, f: q.RowFilter, column: str, order: str, limit: int, offset: int):
     return _run(store, fp, q.image_page, f, column, known_columns(store, fp), order, limit, offset)
 
@@ -147,6 +235,11 @@ def image_page(store: str, fp: str, f: q.RowFilter, column: str, order: str, lim
 @st.cache_data(max_entries=256, show_spinner=False)
 def rows_for_images(store: str, fp: str, f: q.RowFilter, ids: tuple[str, ...]):
     return _run(store, fp, q.rows_for_images, f, list(ids), known_columns(store, fp))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def filtered_image_ids(store: str, fp: str, f: q.RowFilter) -> list[str]:
+    return _run(store, fp, q.filtered_image_ids, f, known_columns(store, fp))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

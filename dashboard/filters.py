@@ -19,7 +19,7 @@ from dashboard.metrics_info import label
 from store.query import RowFilter
 
 CORRECT_OPTIONS = ("all", "correct", "incorrect")
-FILTER_KEYS = ("model", "run", "protocol", "method", "cls", "group", "conf", "correct", "thr")
+FILTER_KEYS = ("model", "run", "protocol", "method", "cls", "group", "conf", "correct", "thr", "sel")
 
 
 @dataclass
@@ -53,6 +53,24 @@ def _run_facts(r: dict) -> str:
     bits = [f"weights `{r['weights']}`" if r.get("weights") else "", f"split {r['split']}" if r.get("split") else "",
             f"{int(r['images']):,} images", f"{int(r['rows']):,} rows"]
     return " · ".join(b for b in bits if b)
+
+
+def _selection(sb, store: str, fp: str, run_id: str) -> tuple[str, ...]:
+    """The selection of image ids (URL ``sel``, set by "show in the grid"): a filter of every page, with its
+    CSV export and a button that clears it."""
+    from dashboard.common import SELECTION, ids_csv
+
+    us.declare(us.choices(SELECTION, data.metric_image_ids(store, fp, run_id), []), shared=True)
+    chosen = tuple(st.session_state.get(SELECTION) or ())
+    if chosen:
+        sb.markdown(f"**Selection:** {len(chosen):,} image(s) — every page shows only these")
+        c1, c2 = sb.columns(2)
+        c1.download_button("Export CSV", ids_csv(chosen), file_name="vitlens-selection.csv", mime="text/csv",
+                           key="sel_csv", icon=":material/download:")
+        if c2.button("Clear", key="sel_clear", icon=":material/close:"):
+            us.forget([SELECTION])
+            st.rerun()
+    return chosen
 
 
 def sidebar(store: Path) -> View | None:
@@ -107,12 +125,14 @@ def sidebar(store: Path) -> View | None:
     sb.slider("Confidence (top-1 probability)", 0.0, 1.0, key="conf", step=0.01, disabled=not conf_known,
               help=None if conf_known else "this run's model has no classifier head")
     conf = tuple(st.session_state["conf"])
+    if not conf_known and conf != (0.0, 1.0):  # a link's range that nothing here can apply
+        us.reject("conf", list(conf), "(no confidence filter)")
 
     correct_known = fac["correct_known"] > 0
     us.declare(us.choice("correct", list(CORRECT_OPTIONS), "all"), shared=True)
     sb.radio("Prediction", CORRECT_OPTIONS, key="correct", horizontal=True, disabled=not correct_known,
-             help="correct: the top-1 class maps to a VOC class present in the image" if correct_known else
-             "unknown for this run (no mapping from the model's classes to VOC classes)")
+             help="correct: the top-1 class is (or maps to) a class present in the image" if correct_known else
+             "unknown for this run: " + data.correct_unknown_reason(s, fp, run["run_id"]))
     correct = {"correct": True, "incorrect": False}.get(st.session_state["correct"]) if correct_known else None
 
     columns = fac["columns"]
@@ -130,6 +150,8 @@ def sidebar(store: Path) -> View | None:
             thresholds.append((c, float(a), float(b)))
             sb.caption(f"only rows with {label(c)} in [{a:.2f}, {b:.2f}]; rows where it is undefined are left out")
 
+    selection = _selection(sb, s, fp, run["run_id"])
+
     if sb.button("Reset filters", key="reset_filters", width="stretch"):
         us.forget(list(FILTER_KEYS) + [f"thr_{c}" for c in columns])
         st.rerun()
@@ -139,5 +161,5 @@ def sidebar(store: Path) -> View | None:
         run_id=run["run_id"], protocol=st.session_state["protocol"],
         methods=None if chosen == methods else tuple(chosen), classes=tuple(st.session_state["cls"]),
         groups=groups, confidence=None if (not conf_known or conf == (0.0, 1.0)) else conf,
-        correct=correct, thresholds=tuple(thresholds))
+        correct=correct, thresholds=tuple(thresholds), images=selection)
     return View(store=s, fp=fp, run=run, facets=fac, known=known, columns=columns, filter=f, methods=chosen)

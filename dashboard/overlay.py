@@ -35,6 +35,15 @@ CUE_COLOUR = (255, 212, 0)
 HALO_COLOUR = (0, 0, 0)
 LEGEND = ("outlines: **white** ground truth (of the protocol) · **magenta** Otsu mask of the map (the pixels "
           "IoU/F1 count) · **yellow** planted cue")
+#: how the colours of a map read: each map is scaled to its own range before it is drawn
+SCALE_NOTE = ("each map is min-max normalised on its own: the colormap's low end is the map's minimum, its high "
+              "end its maximum, so colours compare within a map, not across maps")
+
+
+def legend(cues: bool = True) -> str:
+    """The outlines' legend (the cue only on a store that plants one) and how the map's colours read."""
+    text = LEGEND if cues else LEGEND.replace(" · **yellow** planted cue", "")
+    return f"{text} · {SCALE_NOTE}"
 
 
 @dataclass(frozen=True)

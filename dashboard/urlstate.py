@@ -27,6 +27,10 @@ _REMEMBERED = "_vl_remembered"   # key -> last value this session had (survives 
 _GLOBAL = "_vl_global_keys"      # keys declared by the shared sidebar (kept when switching pages)
 _REQUESTED = "_vl_requested"     # keys given a value with remember() that no declaration has consumed yet
 _REJECTED = "_vl_rejected"       # (key, asked, used) of this run: link or remember() values that were invalid
+_STARTED = "_vl_started"         # set after the session's first run (the one that reads the link)
+_FIRST = "_vl_first_run"         # True during the session's first run
+#: query parameters that Streamlit itself reads (never a dashboard parameter)
+STREAMLIT_PARAMS = ("embed", "embed_options")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Param:
     parse: Callable[[list[str]], Any]
     clean: Callable[[Any], Any]
     dump: Callable[[Any], list[str]]
+    multi: bool = False  # a list of values, of which a link's unknown entries are dropped one by one
 
 
 # ---------------------------------------------------------------------------------------------- codecs
@@ -60,7 +65,8 @@ def choices(key: str, options: Sequence, default: Sequence) -> Param:
     def clean(v):
         if not isinstance(v, (list, tuple)):
             raise ValueError(v)
-        kept = [x for x in opts if x in set(v)] if v else []
+        wanted = set(v)
+        kept = [x for x in opts if x in wanted] if v else []
         if v and not kept:
             raise ValueError(v)
         return kept
@@ -69,7 +75,7 @@ def choices(key: str, options: Sequence, default: Sequence) -> Param:
         vals = [_coerce_like(x, opts) for x in raw if x != ""]
         return clean(vals) if vals else []
 
-    return Param(key, list(default), parse, clean, lambda v: [str(x) for x in v] if v else [""])
+    return Param(key, list(default), parse, clean, lambda v: [str(x) for x in v] if v else [""], multi=True)
 
 
 def float_range(key: str, lo: float, hi: float, default: tuple[float, float] | None = None) -> Param:
@@ -153,6 +159,8 @@ def begin_run() -> None:
     st.session_state.setdefault(_REMEMBERED, {})
     st.session_state[_GLOBAL] = set()
     st.session_state[_REJECTED] = []
+    st.session_state[_FIRST] = _STARTED not in st.session_state
+    st.session_state[_STARTED] = True
 
 
 def declare(p: Param, shared: bool = False, initial: Any = None) -> Any:
@@ -182,6 +190,11 @@ def declare(p: Param, shared: bool = False, initial: Any = None) -> Any:
         asked = remembered[p.key]
     elif from_link and used != "link":
         asked = st.query_params.get_all(p.key)
+    elif from_link and p.multi:  # some entries of the link's list were kept, the others dropped: say so
+        raw = st.query_params.get_all(p.key)
+        kept = set(p.dump(value))
+        if any(x and x not in kept for x in raw):
+            asked = raw
     if asked is not None:
         ss.setdefault(_REJECTED, []).append((p.key, asked, value))
     # Written on every run, not only when it differs: a widget with the same key on another page is another
@@ -190,10 +203,38 @@ def declare(p: Param, shared: bool = False, initial: Any = None) -> Any:
     return value
 
 
+def pending(key: str):
+    """The value the next :func:`declare` of ``key`` will consider first (session, then a value asked for with
+    :func:`remember`, then the link's last one), unchecked; None when there is none. For a page whose options
+    depend on the value asked for (an image outside the filters is still shown)."""
+    ss = st.session_state
+    if key in ss:
+        return ss[key]
+    if key in ss.get(_REMEMBERED, {}):
+        return ss[_REMEMBERED][key]
+    return st.query_params.get(key)
+
+
 def rejected() -> list[tuple[str, Any, Any]]:
     """``(key, asked, used)`` for each value of this run that a link (or :func:`remember`) asked for but that
     was not valid, so the default ``used`` is shown instead: the caller should say so."""
     return list(st.session_state.get(_REJECTED, []))
+
+
+def reject(key: str, asked, used) -> None:
+    """Record that a value the link asked for is not applied (valid, but meaningless here), for
+    :func:`rejected`."""
+    st.session_state.setdefault(_REJECTED, []).append((key, asked, used))
+
+
+def unused_link_params() -> list[tuple[str, list[str]]]:
+    """On the session's first run (the one that opens a link), after the page ran: the link's parameters that
+    no widget declared, so nothing applied them (``thr_iou`` without ``thr``, a parameter of another page)."""
+    if not st.session_state.get(_FIRST):
+        return []
+    registered = st.session_state.get(_REGISTERED, {})
+    return [(k, st.query_params.get_all(k)) for k in st.query_params
+            if k not in registered and k not in STREAMLIT_PARAMS]
 
 
 def _first_valid(p: Param, sources: dict[str, Callable[[], Any] | None]) -> tuple[Any, str | None]:

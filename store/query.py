@@ -38,6 +38,15 @@ def has_results(store: str | Path) -> bool:
     return any(Path(store).glob("metrics/run_id=*/part-*.parquet"))
 
 
+def stores_below(folder: str | Path) -> list[Path]:
+    """The stores one level below ``folder`` (its subfolders that hold results), by name: ``vitlens demo
+    --out DIR`` writes its store to ``DIR/store`` beside the data and the model."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and has_results(p))
+
+
 def connect(store: str | Path) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with one view per table (an empty, typed view for a table with no parts yet), over
     the committed, intact parts only (:mod:`store.commits`), and a view ``store_problems`` (``problem``) that
@@ -86,14 +95,33 @@ def _runs_table(root: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def run_manifest(store: str | Path, run_id: str) -> dict:
+    """A run's manifest (``runs/<run_id>.json``); empty when it is missing or unreadable."""
+    try:
+        m = json.loads((Path(store).expanduser() / "runs" / f"{run_id}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) else {}
+
+
 def run_class_names(store: str | Path, run_id: str) -> list[str] | None:
     """The names of a run's mask indices as its manifest (``runs/<run_id>.json``) records them; None when the
     manifest is missing, unreadable or predates the field."""
-    try:
-        names = json.loads((Path(store).expanduser() / "runs" / f"{run_id}.json").read_text()).get("class_names")
-    except (OSError, ValueError, AttributeError):
-        return None
+    names = run_manifest(store, run_id).get("class_names")
     return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def correct_unknown_reason(store: str | Path, run_id: str) -> str:
+    """Why a run's ``correct`` column stays NULL, from its manifest: the reason the compute job recorded for not
+    mapping the head's classes to the data's (``class_map.unsupported``), else a generic one."""
+    class_map = run_manifest(store, run_id).get("class_map")
+    if isinstance(class_map, dict) and class_map.get("unsupported"):
+        return str(class_map["unsupported"])
+    if isinstance(class_map, dict) and class_map.get("name"):
+        return (f"the run maps the head's classes with {class_map['name']!r}, but no prediction could be checked "
+                "(no confidence or no ground truth on its rows)")
+    return ("the run's manifest records no class map (a store written before it was recorded, or a model whose "
+            "classes do not map to the data's)")
 
 
 def method_summary(con: duckdb.DuckDBPyConnection, protocol: str | None = None, min_confidence: float | None = None,
@@ -162,6 +190,7 @@ class RowFilter:
     confidence: tuple[float, float] | None = None
     correct: bool | None = None
     thresholds: tuple[tuple[str, float, float], ...] = ()
+    images: tuple[str, ...] = ()      # a selection of image ids (empty: every image)
 
 
 def filter_sql(f: RowFilter, columns) -> tuple[str, list]:
@@ -186,6 +215,9 @@ def filter_sql(f: RowFilter, columns) -> tuple[str, list]:
     if f.correct is not None:
         sql.append("correct = ?")
         params.append(bool(f.correct))
+    if f.images:
+        sql.append("list_contains(?::VARCHAR[], image_id)")
+        params.append(list(f.images))
     for column, lo, hi in f.thresholds:
         sql.append(f"{_ident(column, columns)} BETWEEN ? AND ?")
         params += [float(lo), float(hi)]
@@ -243,16 +275,40 @@ def leaderboard(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str]
     dashboard always sets it) the numbers equal the report's for that run and protocol. ``seconds`` is the
     mean over images of the sum of the image's rows' seconds (each row holds its target's share of the batch
     time, so the sum is what the image cost the method)."""
-    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)  # twice: rows, images
+    per_image, params = _per_image_sql(f, columns, known)
+    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)
     counts = ", ".join(f'count({_ident(c, known)}) AS {quote("n_" + c)}' for c in columns)
-    where, params = filter_sql(f, known)
     order = f"{_ident(columns[0], known)} {_best_first(columns[0])} NULLS LAST, " if columns else ""
-    sql = (f"WITH per_image AS (SELECT method, image_id, count(*) AS n_rows{', ' + means if means else ''}, "
-           f"sum(seconds) AS seconds FROM metrics WHERE {where} GROUP BY method, image_id) "
+    sql = (f"WITH per_image AS ({per_image}) "
            f"SELECT method, count(*) AS images, CAST(sum(n_rows) AS BIGINT) AS rows"
            f"{', ' + means if means else ''}{', ' + counts if counts else ''}, avg(seconds) AS seconds "
            f"FROM per_image GROUP BY method ORDER BY {order}method")
     return con.execute(sql, params).df()
+
+
+def _per_image_sql(f: RowFilter, columns: list[str], known: list[str]) -> tuple[str, list]:
+    """SQL (and parameters) of one row per (method, image) under ``f``: the row count, each of ``columns``
+    averaged over the image's rows (NULLs skipped) and the summed seconds."""
+    means = ", ".join(f"avg({_ident(c, known)}) AS {_ident(c, known)}" for c in columns)
+    where, params = filter_sql(f, known)
+    return (f"SELECT method, image_id, count(*) AS n_rows{', ' + means if means else ''}, sum(seconds) AS seconds "
+            f"FROM metrics WHERE {where} GROUP BY method, image_id"), params
+
+
+def per_image_means(con: duckdb.DuckDBPyConnection, f: RowFilter, columns: list[str], known: list[str]):
+    """One row per (method, image) under ``f`` with each of ``columns`` averaged over the image's rows: what
+    :func:`leaderboard` averages, and what its bootstrap intervals resample."""
+    sql, params = _per_image_sql(f, columns, known)
+    return con.execute(f"{sql} ORDER BY method, image_id", params).df()
+
+
+def run_skips(con: duckdb.DuckDBPyConnection, run_id: str):
+    """What a run left out and why: one row per (stage, reason) with the method (for a ``method:<name>``
+    stage, else NULL) and the number of images it concerns, most images first."""
+    return con.execute(
+        "SELECT stage, CASE WHEN starts_with(stage, 'method:') THEN substr(stage, 8) END AS method, reason, "
+        "count(DISTINCT image_id) AS images FROM skips WHERE run_id = ? GROUP BY stage, reason "
+        "ORDER BY images DESC, stage, reason", [run_id]).df()
 
 
 #: per protocol, how a row is assigned to VOC classes in :func:`class_breakdown`: ``clean`` scores a row on
@@ -347,6 +403,55 @@ def failure_cases(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, kno
     return con.execute(sql, params + [int(limit)]).df()
 
 
+def failure_images(con: duckdb.DuckDBPyConnection, f: RowFilter, column: str, known: list[str],
+                   limit: int = 50, correct_only: bool = False, reliance=None):
+    """One row per image, ranked by evidence that the decision rests on the wrong reason (highest first):
+    image_id, score, evidence, confidence, pred_label, correct, gt_classes, image_group, worst_method, and
+    one ``method:<name>`` column per method with that method's mean of ``column`` on the image.
+
+    Without ``reliance`` the score is ``confidence × mean over methods of (1 − column)`` for a column whose
+    catalogue direction is higher-is-better (IoU: the maps miss the object), ``confidence × mean of column``
+    for a lower-is-better one (cue mass: the maps sit on the cue); a row without a confidence (a headless model)
+    counts with confidence 1. With ``reliance`` (one row per decision: image_id, context_reliance, from
+    :func:`store.shortcuts.reliance`), the score is the image's highest context reliance: how much of the
+    explained class's probability survives with the object removed; images without one rank last.
+    ``worst_method`` is the method whose map scores worst on ``column`` (the preview to show)."""
+    q = _ident(column, known)
+    term = "v" if catalogue.lower_is_better(column) else "(1 - v)"
+    where, params = filter_sql(f, known)
+    extra = " AND correct" if correct_only else ""
+    per = (f"SELECT image_id, method, avg({q}) AS v, max(confidence) AS conf, any_value(pred_label) AS pred_label, "
+           f"bool_or(correct) AS correct, any_value(gt_classes) AS gt_classes, any_value(image_group) AS image_group "
+           f"FROM metrics WHERE {where}{extra} GROUP BY image_id, method")
+    rows = con.execute(f"WITH per AS ({per}) SELECT *, {term} AS bad FROM per ORDER BY image_id, method",
+                       params).df()
+    if rows.empty:
+        return rows.assign(score=[], evidence=[], worst_method=[])
+    facts = rows.groupby("image_id", sort=False).agg(
+        confidence=("conf", "max"), pred_label=("pred_label", "first"), correct=("correct", "first"),
+        gt_classes=("gt_classes", "first"), image_group=("image_group", "first"), bad=("bad", "mean"))
+    worst = rows.dropna(subset=["bad"]).sort_values(["bad", "method"], ascending=[False, True])
+    facts["worst_method"] = worst.drop_duplicates("image_id").set_index("image_id")["method"]
+    if reliance is None:
+        facts["evidence"] = facts["bad"]
+        facts["score"] = facts["confidence"].fillna(1.0) * facts["bad"]
+    else:
+        per_image = reliance.groupby("image_id")["context_reliance"].max()
+        facts["evidence"] = per_image.reindex(facts.index)
+        facts["score"] = facts["evidence"]
+    facts = facts.dropna(subset=["score"]).reset_index()
+    facts = facts.sort_values(["score", "image_id"], ascending=[False, True], kind="stable").head(int(limit))
+    wide = rows.pivot(index="image_id", columns="method", values="v").add_prefix("method:")
+    out = facts.drop(columns="bad").merge(wide, left_on="image_id", right_index=True, how="left")
+    return out.reset_index(drop=True)
+
+
+def has_counterfactuals(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    """True when the run's ``counterfactuals`` table has a made variant (a store computed with them)."""
+    return con.execute("SELECT count(*) FROM counterfactuals WHERE run_id = ? AND score IS NOT NULL",
+                       [run_id]).fetchone()[0] > 0
+
+
 #: the orders of :func:`image_page`; "worst" and "best" follow the metric's catalogue direction
 IMAGE_ORDERS = ("image id", "worst first", "best first", "most confident first")
 
@@ -387,10 +492,24 @@ def rows_for_images(con: duckdb.DuckDBPyConnection, f: RowFilter, image_ids: lis
                        "ORDER BY image_id, method, protocol, target_class", params + [list(image_ids)]).df()
 
 
+def filtered_image_ids(con: duckdb.DuckDBPyConnection, f: RowFilter, known: list[str]) -> list[str]:
+    """The images under ``f`` that have a stored picture (what the image detail can show), by image id."""
+    where, params = filter_sql(f, known)
+    return [r[0] for r in con.execute(
+        f"SELECT DISTINCT image_id FROM metrics WHERE {where} AND image_id IN "
+        "(SELECT image_id FROM images WHERE run_id = ?) ORDER BY image_id", params + [f.run_id]).fetchall()]
+
+
 def image_rows(con: duckdb.DuckDBPyConnection, run_id: str, image_id: str):
     """Every metrics row of one image of one run, whatever the filters."""
     return con.execute("SELECT * FROM metrics WHERE run_id = ? AND image_id = ? "
                        "ORDER BY method, protocol, target_class", [run_id, image_id]).df()
+
+
+def metric_image_ids(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    """Every image with metric rows in the run (what a selection may name), sorted."""
+    return [r[0] for r in con.execute("SELECT DISTINCT image_id FROM metrics WHERE run_id = ? ORDER BY image_id",
+                                      [run_id]).fetchall()]
 
 
 def image_ids(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:

@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard import common, data
 from dashboard import urlstate as us
 from dashboard.metrics_info import label, meaning
+from store.catalogue import higher_is_better
 
 CHARTS = ("box", "violin", "histogram")
 SCATTER_POINTS = 3000
@@ -14,6 +15,17 @@ VIOLIN_POINTS = 6000
 
 view = common.page_view()
 st.title("Distributions")
+
+
+def suspicious_corner(metric: str) -> str:
+    """Where the scatter's sure-but-wrong-reason points lie, by the metric's direction (one place: the
+    catalogue): low agreement (IoU) is the lower right, high misplacement (cue mass) the upper right."""
+    better = higher_is_better(metric)
+    if better is None:
+        return f"{label(metric)} is descriptive (neither high nor low is better)"
+    corner = "lower right" if better else "upper right"
+    return (f"the {corner} is where the model is sure and {label(metric)} is "
+            f"{'low' if better else 'high'}: " + meaning(metric))
 
 
 def _colours(methods):
@@ -86,27 +98,32 @@ if common.need_methods(view) and common.need_columns(view):
             common.empty_result()
         else:
             sfig = go.Figure()
+            traces = []  # the image ids of each trace's points, to resolve a selection without customdata
             for m, part in points.groupby("method", sort=True):
-                sfig.add_trace(go.Scattergl(
+                traces.append(part["image_id"].astype(str).tolist())
+                sfig.add_trace(go.Scatter(
                     x=part["confidence"], y=part["value"], mode="markers", name=m,
                     marker={"color": colours.get(m), "size": 7, "opacity": 0.75},
                     customdata=part[["image_id", "pred_label", "gt_classes"]].astype(str).values,
                     hovertemplate="%{customdata[0]}<br>pred %{customdata[1]} · GT %{customdata[2]}<br>"
                                   "confidence %{x:.3f} · " + label(metric) + " %{y:.3f}<extra>" + m + "</extra>"))
             sfig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                               xaxis_title="confidence (top-1 probability)", yaxis_title=label(metric),
-                               clickmode="event+select", dragmode="select")
+                               xaxis_title="confidence (top-1 probability)", yaxis_title=label(metric))
+            # no dragmode of our own: Streamlit turns clicks into selections only while the drag tool is not
+            # box/lasso select (the toolbar's select tools still draw boxes)
             event = st.plotly_chart(sfig, key="scatter", on_select="rerun", selection_mode=("points", "box"))
             shown = (f"a fixed subset of {len(points):,} of {total:,} rows" if total > len(points)
                      else f"all {total:,} rows")
-            st.caption(f"{shown}; the lower right is where the model is sure and the map is off the object. "
-                       "Click a point (or draw a box) to open that image.")
-            selected = common.selected_image_ids(event)
+            st.caption(f"{shown}; {suspicious_corner(metric)}. Click a point to open its image, or draw a box "
+                       "(or lasso) to select several.")
+            selected = common.selected_image_ids(event, traces)
             if len(selected) == 1:
                 common.open_image(selected[0])
             elif selected:
-                st.markdown(f"**{len(selected)} images selected** — open one:")
-                cols = st.columns(min(6, len(selected)))
-                for i, image_id in enumerate(selected[:12]):
-                    if cols[i % len(cols)].button(image_id, key=f"open_{image_id}"):
-                        common.open_image(image_id)
+                st.markdown(f"**{len(selected)} images selected**")
+                common.selection_actions(selected, key="scatter")
+                c1, _ = st.columns([2, 4])
+                chosen = c1.selectbox("Open one of them", selected, index=None, key="scatter_open",
+                                      placeholder=f"choose one of the {len(selected)} images")
+                if chosen:
+                    common.open_image(chosen)

@@ -1,5 +1,8 @@
 """Image detail: one image, every chosen method's map side by side, the prediction, the ground truth and every
-metric of every protocol."""
+metric of every protocol.
+
+The images to step through are those under the sidebar's filters (previous / next, or the ← / → keys); an image
+opened by a link or from another page that the filters leave out is still shown, with a note."""
 
 import json
 
@@ -9,18 +12,41 @@ import streamlit as st
 from dashboard import common, data
 from dashboard import urlstate as us
 from dashboard.metrics_info import label, meaning
-from dashboard.overlay import LEGEND
+from dashboard.overlay import legend
 
 MAX_COLUMNS = 4
 
+
+
+def _step(ids: list[str], by: int) -> None:
+    """Move the image choice ``by`` places along ``ids`` (a button's callback: runs before the widgets)."""
+    current = st.session_state.get("image")
+    i = ids.index(current) if current in ids else -1
+    st.session_state["image"] = ids[max(0, min(len(ids) - 1, i + by))]
+
+
 view = common.page_view()
-ids = data.image_ids(view.store, view.fp, view.run_id)
+every = data.image_ids(view.store, view.fp, view.run_id)
+filtered = data.filtered_image_ids(view.store, view.fp, view.filter)
 st.title("Image detail")
+asked = us.pending("image")
+# the filtered images, and the asked one where the filters leave it out (it exists: it is still shown)
+ids = filtered + ([asked] if asked in every and asked not in filtered else [])
 if not ids:
     common.empty_result("images")
 else:
     us.declare(us.choice("image", ids, ids[0]))
-    image_id = st.selectbox("Image", ids, key="image", width=320)
+    c_sel, c_prev, c_next, c_pos = st.columns([4, 1, 1, 3], vertical_alignment="bottom")
+    image_id = c_sel.selectbox("Image", ids, key="image")
+    position = ids.index(image_id)
+    c_prev.button("Previous", key="img_prev", on_click=_step, args=(ids, -1), disabled=position == 0,
+                  icon=":material/arrow_back:", shortcut="Left", width="stretch")
+    c_next.button("Next", key="img_next", on_click=_step, args=(ids, 1), disabled=position == len(ids) - 1,
+                  icon=":material/arrow_forward:", shortcut="Right", width="stretch")
+    if image_id in filtered:
+        c_pos.caption(f"image {position + 1} of {len(filtered):,} under the sidebar's filters (← / → keys)")
+    else:
+        c_pos.caption("this image is outside the sidebar's filters; ← / → step through the filtered images")
     batch = (image_id,)
     rec = data.images(view.store, view.fp, view.run_id, batch).get(image_id, {})
     rows = data.image_rows(view.store, view.fp, view.run_id, image_id)
@@ -32,9 +58,10 @@ else:
     correct = common.nan_to_none(first.get("correct"))
     facts = [f"**ground truth** {', '.join(gt) if gt else '–'}",
              f"**size** {rec.get('width', '?')}×{rec.get('height', '?')}"]
-    if first.get("pred_label"):
+    prediction = common.prediction_text(first)
+    if prediction:
         verdict = {True: " ✓ correct", False: " ✗ incorrect"}.get(correct, "")
-        facts.append(f"**prediction** {first['pred_label']} ({common.fmt(first.get('confidence'), 3)}){verdict}")
+        facts.append(f"**prediction** {prediction}{verdict}")
     if common.nan_to_none(first.get("image_group")):
         facts.append(f"**group** {first['image_group']}")
     st.markdown(" · ".join(facts))
@@ -52,19 +79,18 @@ else:
             st.markdown("**Top-5 prediction**")
             top = pd.DataFrame({"rank": range(1, len(labels) + 1), "class": labels,
                                 "probability": [float(p) for p in probs]})
-            st.dataframe(top, hide_index=True, key="top5", column_config={
-                "rank": st.column_config.NumberColumn("#", width="small"),
-                "class": st.column_config.TextColumn("Class"),
-                "probability": st.column_config.ProgressColumn("Probability", format="%.4f", min_value=0.0,
-                                                               max_value=1.0)})
+            # a static table: a data grid's hover toolbar would sit on the probability column
+            top["probability"] = top["probability"].map(lambda p: f"{p:.4f}")
+            st.table(top.set_index("rank"))
         else:
             st.info("Headless model: no class prediction.")
         meta = rec.get("meta")
         if meta:
-            try:
-                st.json(json.loads(meta), expanded=False)
-            except (TypeError, ValueError):
-                st.caption(str(meta))
+            with st.expander("Image metadata (what the data source recorded for this image)"):
+                try:
+                    st.json(json.loads(meta), expanded=True)
+                except (TypeError, ValueError):
+                    st.caption(str(meta))
 
     st.subheader(f"Maps ({protocol})")
     style = common.overlay_controls(view)
@@ -94,7 +120,7 @@ else:
                     if img:
                         st.image(img, width="stretch")
                     st.caption(common.caption_for(r, view.columns) + f" · explains {r.get('target_label')}")
-        st.caption(LEGEND)
+        st.caption(legend(common.has_cues(view)))
 
     st.subheader("Every metric")
     if rows.empty:

@@ -122,3 +122,19 @@ def small_store(tmp_path_factory) -> Path:
     from tests.dashboard import synth
 
     return synth.build(tmp_path_factory.mktemp("small-store"))
+
+
+@pytest.fixture(scope="session")
+def demo_out(tmp_path_factory) -> Path:
+    """``vitlens demo --small --out DIR`` (synthetic shapes with a planted cue, a small ViT trained on them, every
+    method): DIR holds the data, the model and, one level down, the store."""
+    from compute.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    run_demo(out, small=True, log=lambda msg: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_store(demo_out) -> Path:
+    return demo_out / "store"

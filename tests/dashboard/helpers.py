@@ -19,7 +19,7 @@ def goto(at, page: str):
 
 # a column that only this table of the dashboard has (read-only tables carry no key in AppTest)
 MARKERS = {"leaderboard_table": "ms_per_image", "failure_table": "score", "top5": "probability",
-           "metrics_table": "gt_target"}
+           "metrics_table": "gt_target", "skips_table": "reason"}
 
 
 def _find(at, key: str):

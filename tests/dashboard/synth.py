@@ -107,3 +107,22 @@ if __name__ == "__main__":  # python -m tests.dashboard.synth DIR: a store to lo
 
     print(build(Path(sys.argv[1])))
     print(json.dumps(RUNS))
+
+
+def add_counterfactuals(out: Path, run_id: str, reliance: dict[str, float], p_orig: float = 0.8) -> Path:
+    """Counterfactual rows for ``run_id``'s ``report`` decisions: per image, ``no_fg`` keeps
+    ``reliance[image] × p_orig`` of the explained class's probability and ``only_fg`` half of it, so
+    :func:`store.shortcuts.reliance` gives each image the context reliance ``reliance[image]``."""
+    rows = []
+    for image_id, share in reliance.items():
+        i = int(image_id[4:])
+        top1 = image_classes(i)[0] if i % 3 else "cat"
+        for variant, score in (("no_fg", share * p_orig), ("only_fg", 0.5 * p_orig)):
+            rows.append({"image_id": image_id, "target_kind": "logit", "target_class": HEAD[top1],
+                         "protocol": "report", "variant": variant, "fill": "blur", "gt_target": None,
+                         "region_area": 0.3, "score_kind": "probability", "orig_score": p_orig,
+                         "orig_pred_class": HEAD[top1], "score": score, "pred_class": HEAD[top1],
+                         "pred_label": top1, "pred_voc": None, "same_top1": True, "partner_id": None,
+                         "partner_classes": None, "reason": None})
+    StoreWriter(out, run_id).write_batch("cf00000000000000", {"metrics": [], "counterfactuals": rows})
+    return out

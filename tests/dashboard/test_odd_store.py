@@ -33,7 +33,12 @@ def test_headless_pages_explain_what_is_missing(odd_store, app_at):
     at = goto(app_at(odd_store), "distributions")
     assert len(charts(at)) == 1 and "no classifier head" in texts(at)
     at = goto(app_at(odd_store), "failures")
-    assert "No confident rows" in texts(at)
+    # no confidence, still a ranking (by the maps alone: the mean cue mass), and a note that says so
+    assert "no classifier head" in texts(at) and "No confident rows" not in texts(at)
+    cases = table(at, "failure_table")
+    assert set(cases["image_id"]) == {"syn_000", "syn_001", "syn_003", "syn_004"}  # the images with a cue
+    assert list(cases["score"]) == sorted(cases["score"], reverse=True)
+    assert "confidence" not in cases and "pred_label" not in cases
 
 
 def test_grid_and_detail_draw_headless_maps(odd_store, app_at):

@@ -69,7 +69,7 @@ def test_failure_cases_decode_only_the_previews(tmp_path, app_at, counted_decode
     store = build(tmp_path / "store")  # a store of its own: no cached picture of another test
     at = goto(app_at(store, model="vit_a", run="present01", protocol="clean", fc_n="200"), "failures")
     cases = table(at, "failure_table")
-    assert len(cases) == 18  # 6 images × (1 or 2 explained classes) × 2 methods
+    assert len(cases) == 6  # one row per image (of 1 or 2 explained classes, 2 methods)
     previews = [im for im in at.main.image if im.value]
     assert len(previews) == 4
     assert len(counted_decodes) == 4  # one map per preview, not the maps of every row of the table
