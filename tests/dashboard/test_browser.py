@@ -3,80 +3,29 @@ filter out a method in the sidebar, select the first failure case, and land on t
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from pathlib import Path
+
+from dashboard.browser import CHROMIUM, CHROMIUM_ARGS, settle
+from dashboard.browser import server as serve
 from tests.dashboard.conftest import REPO
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"no /_stcore/health after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _settle(page, timeout: float = 90_000) -> None:
-    """Wait until the script has finished and no element is still a loading skeleton."""
-    page.wait_for_timeout(500)
-    page.wait_for_function(
-        """() => { const a = document.querySelector('[data-testid=stApp]');
-                   return a && a.getAttribute('data-test-script-state') === 'notRunning'
-                       && document.querySelectorAll('[data-testid=stSkeleton]').length === 0 }""",
-        timeout=timeout)
-    page.wait_for_timeout(1000)
+def _settle(page) -> None:
+    settle(page, timeout=90_000)
 
 
 @pytest.fixture
 def server(store, tmp_path):
-    """`streamlit run dashboard/app.py -- --store <store>` on a free port (always stopped afterwards)."""
-    from dashboard.launch import command
-
-    port = _free_port()
-    log = tmp_path / "server.log"
-    env = {**os.environ, "VITLENS_STORE": str(store)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command(store, port=port, host="127.0.0.1"), cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(port, proc, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+    """The dashboard of ``store`` on a free port (always stopped afterwards)."""
+    with serve(store, log=tmp_path / "server.log") as url:
+        yield url
 
 
 def test_failure_case_opens_its_image_in_a_browser(server, store, store_info):
@@ -141,18 +90,8 @@ def test_failure_case_opens_its_image_in_a_browser(server, store, store_info):
 @pytest.fixture
 def demo_server(demo_store, tmp_path):
     """The dashboard of a real demo store (planted cue, every method) on a free port."""
-    from dashboard.launch import command, stop_server
-
-    port = _free_port()
-    log = tmp_path / "demo-server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command(demo_store, port=port, host="127.0.0.1"), cwd=REPO, env=dict(os.environ),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(port, proc, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(proc)
+    with serve(demo_store, log=tmp_path / "demo-server.log") as url:
+        yield url
 
 
 def _main_text(page) -> str:

@@ -54,13 +54,8 @@ import urllib.request  # noqa: E402
 
 import pytest  # noqa: E402
 
+from dashboard.browser import free_port  # noqa: E402
 from tests.dashboard.conftest import REPO  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -112,7 +107,7 @@ def test_importing_the_launcher_prints_no_runtime_warning():
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_stops_the_server_and_frees_the_port(small_store, signum):
-    port = _free_port()
+    port = free_port()
     proc = _launch(small_store, port)
     try:
         deadline = time.monotonic() + 120
