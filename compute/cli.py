@@ -130,6 +130,14 @@ def compute(
                                                            "colour) or blur (the Gaussian-blurred image)."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 to capture under bfloat16 autocast (faster on "
                                                 "recent GPUs; `vitlens bench --bf16` shows how much maps move)."),
+    counterfactuals: bool = typer.Option(True, "--counterfactuals/--no-counterfactuals",
+                                         help="Also judge every explained target on counterfactual variants "
+                                              "(object alone, context alone, object on another image's "
+                                              "background, cue removed): forward passes only, up to 4 per image. "
+                                              "`vitlens report --shortcuts` reads them."),
+    cf_fill: str = typer.Option("blur", "--cf-fill", help="What replaces removed pixels in the variants: blur "
+                                                          "(of the pixels kept), mean (image mean) or gray. A rerun "
+                                                          "with another fill adds its rows to the same run."),
     shard: Optional[str] = typer.Option(None, help="i/n: this process explains every n-th image from the i-th "
                                                    "(0-based) into the same run; default: torchrun's RANK/WORLD_SIZE "
                                                    "or a SLURM array's task id/count when set."),
@@ -169,7 +177,7 @@ def compute(
                        num_workers=workers, explain=explain.strip(), min_confidence=min_confidence,
                        faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
                        faithfulness_baseline=faithfulness_baseline.strip(), shard=shard,
-                       precision=precision.strip())
+                       precision=precision.strip(), counterfactuals=counterfactuals, cf_fill=cf_fill.strip())
     with Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
         task = bar.add_task("images", total=None)
