@@ -358,9 +358,16 @@ def report_cmd(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
     resamples: int = typer.Option(1000, min=1, help="Bootstrap resamples (over images) for the 95 % intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    shortcuts: bool = typer.Option(False, "--shortcuts",
+                                   help="Instead: does the model rely on context (counterfactual variants: "
+                                        "context-driven share per class, BG-Gap), and which methods' maps show "
+                                        "it (method trust; cue trust on stores with planted cues)."),
+    cf_fill: Optional[str] = typer.Option(None, "--cf-fill", help="With --shortcuts: only the variants of this "
+                                                                  "fill (default: each fill the run holds)."),
 ):
     """The source report's Table 1 per method (IoU, F1, pixel accuracy ×100 with 95 % bootstrap intervals),
-    with the images behind each row and the other metric families as extra columns."""
+    with the images behind each row and the other metric families as extra columns; with --shortcuts, the
+    shortcut tables instead."""
     from compute.report import build_report
     from store.query import StoreError, has_results
     from store.schema import PROTOCOLS, check_min_confidence  # not compute.metrics: that would import torch
@@ -378,6 +385,15 @@ def report_cmd(
                              "table says why (vitlens dashboard, or store.query.connect(...).sql('FROM skips'))")
         raise StoreError(f"no results in {str(store)!r}; fill it with: vitlens compute --voc-root <VOC folder> "
                          f"--out {store}")
+    if shortcuts:
+        if min_confidence is not None:
+            raise ValueError("--min-confidence does not apply to --shortcuts: its verdicts take the confident "
+                             "decisions (top-1 probability >= 0.5) and its correlations every decision")
+        _print_shortcuts(store, protocol, run_id, cf_fill.strip() if cf_fill else None, resamples, seed, csv,
+                         markdown)
+        return
+    elif cf_fill is not None:
+        raise ValueError("--cf-fill applies to --shortcuts")
     rep = build_report(store, protocol=protocol, min_confidence=min_confidence, run_id=run_id,
                        resamples=resamples, seed=seed)
     for problem in rep.problems:
@@ -409,6 +425,42 @@ def report_cmd(
         for row in df.itertuples(index=False):
             table.add_row(*(str(v) for v in row))
         out.print(table)
+    if csv:
+        rep.to_csv(csv)
+        console.print(f"wrote {csv}")
+    if markdown:
+        Path(markdown).write_text(rep.to_markdown())
+        console.print(f"wrote {markdown}")
+
+
+def _print_shortcuts(store: Path, protocol: Optional[str], run_id: Optional[str], fill: Optional[str], resamples: int,
+                     seed: int, csv: Optional[Path], markdown: Optional[Path]) -> None:
+    """``vitlens report --shortcuts``: the tables of :func:`compute.report.build_shortcuts`, per run and fill."""
+    from compute.report import SHORTCUT_TABLES, SHORTCUT_TITLES, build_shortcuts
+
+    rep = build_shortcuts(store, protocol=protocol, run_id=run_id, fill=fill, resamples=resamples, seed=seed)
+    for problem in rep.problems:
+        console.print(f"[bold yellow]warning:[/] left out, damaged: {problem}", highlight=False, soft_wrap=True)
+    if not rep.sections:
+        given = ", ".join(f"{flag} {v}" for flag, v in (("--run", run_id), ("--cf-fill", fill)) if v is not None)
+        raise ValueError(f"no counterfactual rows in {str(store)!r}" + (f" for {given}" if given else "")
+                         + "; they are made by `vitlens compute` unless --no-counterfactuals (a rerun of the same "
+                           "command adds them to a store made without them)")
+    out = stdout if stdout.is_terminal else Console(width=160)
+    for sec in rep.sections:
+        out.print(f"[bold]{sec.title}[/]", highlight=False)
+        for name in SHORTCUT_TABLES:
+            df = rep.formatted(sec, name)
+            if df.empty:
+                if name != "cue_trust":  # no cue masks: nothing to say
+                    out.print(f"{SHORTCUT_TITLES[name]}: no decisions to count", highlight=False)
+                continue
+            table = Table(title=SHORTCUT_TITLES[name], caption=f"95 % bootstrap ({resamples} resamples, seed {seed})")
+            for col in df.columns:
+                table.add_column(col, justify="left" if col in ("Class", "Method", "Protocol") else "right")
+            for row in df.itertuples(index=False):
+                table.add_row(*(str(v) for v in row))
+            out.print(table)
     if csv:
         rep.to_csv(csv)
         console.print(f"wrote {csv}")
