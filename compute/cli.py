@@ -508,6 +508,7 @@ def demo_cmd(
         table.add_row(r.method, str(r.images), f"{r.cue_ratio:.1f}×", f"{r.object_ratio:.2f}×", f"{r.cue_iou:.2f}",
                       f"{r.object_iou:.2f}")
     stdout.print(table)
+    _print_shortcuts(result.store, None, None, None, 1000, 0, None, None)
     stdout.print(f"store: {result.store.resolve()}  ({result.seconds['total']:.0f} s)", highlight=False)
     p = result.prepared
     stdout.print(f"model: {p.weights} (explain other images with: vitlens compute --model {p.config.train.model} "

@@ -143,3 +143,20 @@ def test_a_headless_model_records_target_values(voc_mini, tmp_path):
                                      "orig_pred_class IS NULL FROM counterfactuals WHERE reason IS NULL").fetchall()
     assert rows == [("value", True, True, True)]
     assert connect(tmp_path).execute("SELECT count(score) FROM counterfactuals").fetchone()[0] > 0
+
+
+def test_bench_reports_the_variants_beside_the_forward_roofline():
+    import torch
+
+    from compute.bench import run_bench
+    from compute.methods import parse_methods
+    from compute.models import load_model
+
+    loaded = load_model("vit_tiny_patch16_224", random_init=True, img_size=64)
+    rows, _ = run_bench(loaded.model, loaded.input_size, parse_methods("raw_attention"), 2, torch.device("cpu"),
+                        batches=1, repeat=1, baseline_images=1)
+    by_name = {r.name: r for r in rows}
+    variants, forward = by_name["counterfactual variants (blur)"], by_name["forward"]
+    assert variants.images_per_second > 0
+    share = round(100 * variants.images_per_second * 3 / forward.images_per_second)
+    assert variants.note == f"3 forwards per image: {share}% of fwd"
