@@ -9,6 +9,10 @@ Measured in one process, on random images of the model's input size (speed does 
 - ``all (shared capture)``: one capture with the union of every method's requirements, then every method, as
   the batch job runs them (a method's CPU-bound tail, e.g. attention flow's max-flows, in the background while
   the device captures the next batch);
+- ``counterfactual variants``: the ``only_fg``, ``no_fg`` and ``mixed_rand`` inputs of every image (a centred
+  box as the object, the next image's background) built and judged by forward passes, from the logits the
+  capture already has, as the batch job does (:mod:`compute.counterfactuals`); the note gives the share of the
+  forward roofline those 3 forwards per image reach;
 - ``per-image baseline``: every method on one image at a time with its own forward/backward — the way the
   reference implementations work.
 
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 
 from compute.capture import capture
+from compute.counterfactuals import Explained, ImageInput, Partner, evaluate
 from compute.targets import per_image_classes
 from compute.methods import Method
 from compute.metrics.localisation import minmax_normalise, otsu_binarise
@@ -109,6 +114,18 @@ def run_bench(model: torch.nn.Module, input_size: tuple[int, int], methods: list
         roof = fwdbwd if needs_grad else fwd
         rows.append(BenchRow(m.key, ips, f"{100 * ips / roof:.0f}% of {'fwd+bwd' if needs_grad else 'fwd'}"))
 
+    step("counterfactual variants")
+    variants = variant_inputs(model, chunks)
+    per_image = 3  # only_fg, no_fg, mixed_rand: no cue masks here
+
+    def counterfactuals():
+        for c, images, requests, logits in variants:
+            evaluate(model, c, images, requests, original_outputs=logits, chunk=256 if device.type == "cuda" else 64)
+
+    cf = _timed(counterfactuals, n, device, repeat=repeat)
+    rows.append(BenchRow("counterfactual variants (blur)", cf,
+                         f"{per_image} forwards per image: {100 * cf * per_image / fwd:.0f}% of fwd"))
+
     step("all (shared capture)")
     union = set().union(*(m.requires for m in methods))
 
@@ -149,6 +166,27 @@ def run_bench(model: torch.nn.Module, input_size: tuple[int, int], methods: list
     if device.type == "cuda":
         facts["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return rows, facts
+
+
+def variant_inputs(model: torch.nn.Module, chunks: list[torch.Tensor]) -> list[tuple]:
+    """Per chunk, what :func:`compute.counterfactuals.evaluate` takes from the batch job: each image with a
+    centred box as its object, the next image of the chunk as its ``mixed_rand`` partner, its top-1 as the
+    explained class, and the logits the capture already has (so that only the variants are timed)."""
+    out = []
+    for c in chunks:
+        h, w = c.shape[-2:]
+        box = torch.zeros(h, w, dtype=torch.bool)
+        box[h // 4:3 * h // 4, w // 4:3 * w // 4] = True
+        with torch.inference_mode():
+            logits = model(c).float()
+        top = logits.argmax(dim=-1).tolist()
+        ids = [f"bench_{i}" for i in range(len(c))]
+        images = [ImageInput(ids[i], partner=Partner(ids[(i + 1) % len(c)], c[(i + 1) % len(c)], box, ""))
+                  for i in range(len(c))]
+        requests = [Explained(row=i, protocol="report", target_kind="logit", target_class=top[i], region=box,
+                              score_classes=(top[i],)) for i in range(len(c))]
+        out.append((c, images, requests, logits))
+    return out
 
 
 def bf16_effect(model: torch.nn.Module, input_size: tuple[int, int], methods: list[Method], batch_size: int,

@@ -130,6 +130,14 @@ def compute(
                                                            "colour) or blur (the Gaussian-blurred image)."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 to capture under bfloat16 autocast (faster on "
                                                 "recent GPUs; `vitlens bench --bf16` shows how much maps move)."),
+    counterfactuals: bool = typer.Option(True, "--counterfactuals/--no-counterfactuals",
+                                         help="Also judge every explained target on counterfactual variants "
+                                              "(object alone, context alone, object on another image's "
+                                              "background, cue removed): forward passes only, up to 4 per image. "
+                                              "`vitlens report --shortcuts` reads them."),
+    cf_fill: str = typer.Option("blur", "--cf-fill", help="What replaces removed pixels in the variants: blur "
+                                                          "(of the pixels kept), mean (image mean) or gray. A rerun "
+                                                          "with another fill adds its rows to the same run."),
     shard: Optional[str] = typer.Option(None, help="i/n: this process explains every n-th image from the i-th "
                                                    "(0-based) into the same run; default: torchrun's RANK/WORLD_SIZE "
                                                    "or a SLURM array's task id/count when set."),
@@ -169,7 +177,7 @@ def compute(
                        num_workers=workers, explain=explain.strip(), min_confidence=min_confidence,
                        faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
                        faithfulness_baseline=faithfulness_baseline.strip(), shard=shard,
-                       precision=precision.strip())
+                       precision=precision.strip(), counterfactuals=counterfactuals, cf_fill=cf_fill.strip())
     with Progress(TextColumn("[bold]explaining"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
         task = bar.add_task("images", total=None)
@@ -355,9 +363,16 @@ def report_cmd(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
     resamples: int = typer.Option(1000, min=1, help="Bootstrap resamples (over images) for the 95 % intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    shortcuts: bool = typer.Option(False, "--shortcuts",
+                                   help="Instead: does the model rely on context (counterfactual variants: "
+                                        "context-driven share per class, BG-Gap), and which methods' maps show "
+                                        "it (method trust; cue trust on stores with planted cues)."),
+    cf_fill: Optional[str] = typer.Option(None, "--cf-fill", help="With --shortcuts: only the variants of this "
+                                                                  "fill (default: each fill the run holds)."),
 ):
     """The source report's Table 1 per method (IoU, F1, pixel accuracy ×100 with 95 % bootstrap intervals),
-    with the images behind each row and the other metric families as extra columns."""
+    with the images behind each row and the other metric families as extra columns; with --shortcuts, the
+    shortcut tables instead."""
     from compute.report import build_report
     from store.query import StoreError, has_results
     from store.schema import PROTOCOLS, check_min_confidence  # not compute.metrics: that would import torch
@@ -375,6 +390,15 @@ def report_cmd(
                              "table says why (vitlens dashboard, or store.query.connect(...).sql('FROM skips'))")
         raise StoreError(f"no results in {str(store)!r}; fill it with: vitlens compute --voc-root <VOC folder> "
                          f"--out {store}")
+    if shortcuts:
+        if min_confidence is not None:
+            raise ValueError("--min-confidence does not apply to --shortcuts: its verdicts take the confident "
+                             "decisions (top-1 probability >= 0.5) and its correlations every decision")
+        _print_shortcuts(store, protocol, run_id, cf_fill.strip() if cf_fill else None, resamples, seed, csv,
+                         markdown)
+        return
+    elif cf_fill is not None:
+        raise ValueError("--cf-fill applies to --shortcuts")
     rep = build_report(store, protocol=protocol, min_confidence=min_confidence, run_id=run_id,
                        resamples=resamples, seed=seed)
     for problem in rep.problems:
@@ -406,6 +430,42 @@ def report_cmd(
         for row in df.itertuples(index=False):
             table.add_row(*(str(v) for v in row))
         out.print(table)
+    if csv:
+        rep.to_csv(csv)
+        console.print(f"wrote {csv}")
+    if markdown:
+        Path(markdown).write_text(rep.to_markdown())
+        console.print(f"wrote {markdown}")
+
+
+def _print_shortcuts(store: Path, protocol: Optional[str], run_id: Optional[str], fill: Optional[str], resamples: int,
+                     seed: int, csv: Optional[Path], markdown: Optional[Path]) -> None:
+    """``vitlens report --shortcuts``: the tables of :func:`compute.report.build_shortcuts`, per run and fill."""
+    from compute.report import SHORTCUT_TABLES, SHORTCUT_TITLES, build_shortcuts
+
+    rep = build_shortcuts(store, protocol=protocol, run_id=run_id, fill=fill, resamples=resamples, seed=seed)
+    for problem in rep.problems:
+        console.print(f"[bold yellow]warning:[/] left out, damaged: {problem}", highlight=False, soft_wrap=True)
+    if not rep.sections:
+        given = ", ".join(f"{flag} {v}" for flag, v in (("--run", run_id), ("--cf-fill", fill)) if v is not None)
+        raise ValueError(f"no counterfactual rows in {str(store)!r}" + (f" for {given}" if given else "")
+                         + "; they are made by `vitlens compute` unless --no-counterfactuals (a rerun of the same "
+                           "command adds them to a store made without them)")
+    out = stdout if stdout.is_terminal else Console(width=160)
+    for sec in rep.sections:
+        out.print(f"[bold]{sec.title}[/]", highlight=False)
+        for name in SHORTCUT_TABLES:
+            df = rep.formatted(sec, name)
+            if df.empty:
+                if name != "cue_trust":  # no cue masks: nothing to say
+                    out.print(f"{SHORTCUT_TITLES[name]}: no decisions to count", highlight=False)
+                continue
+            table = Table(title=SHORTCUT_TITLES[name], caption=f"95 % bootstrap ({resamples} resamples, seed {seed})")
+            for col in df.columns:
+                table.add_column(col, justify="left" if col in ("Class", "Method", "Protocol") else "right")
+            for row in df.itertuples(index=False):
+                table.add_row(*(str(v) for v in row))
+            out.print(table)
     if csv:
         rep.to_csv(csv)
         console.print(f"wrote {csv}")
@@ -453,6 +513,7 @@ def demo_cmd(
         table.add_row(r.method, str(r.images), f"{r.cue_ratio:.1f}×", f"{r.object_ratio:.2f}×", f"{r.cue_iou:.2f}",
                       f"{r.object_iou:.2f}")
     stdout.print(table)
+    _print_shortcuts(result.store, None, None, None, 1000, 0, None, None)
     stdout.print(f"store: {result.store.resolve()}  ({result.seconds['total']:.0f} s)", highlight=False)
     p = result.prepared
     stdout.print(f"model: {p.weights} (explain other images with: vitlens compute --model {p.config.train.model} "

@@ -148,4 +148,123 @@ def build_report(store: str | Path, protocol: str | None = None, min_confidence:
                   run_id=run_id, resamples=resamples, seed=seed, problems=problems)
 
 
-__all__ = ["Report", "build_report", "bootstrap_interval", "MAIN", "EXTRA", "HEADERS"]
+# ---------------------------------------------------------------------------------------------------------------
+# shortcuts: does the model rely on context, and which explanation methods show it (store.shortcuts)
+
+SHORTCUT_TABLES = ("context_share", "bg_gap", "method_trust", "cue_trust")
+SHORTCUT_TITLES = {
+    "context_share": "Context-driven share of confident correct decisions, per class",
+    "bg_gap": "BG-Gap: top-1 accuracy on only_fg minus on mixed_rand",
+    "method_trust": "Method trust: map mass off the object vs measured context reliance",
+    "cue_trust": "Cue trust: cue mass flags decisions that flip when the cue is removed",
+}
+
+
+@dataclass
+class ShortcutSection:
+    """The shortcut tables of one run and fill (``protocol``: the one of the per-class and per-method tables;
+    the BG-Gap has a row per protocol)."""
+
+    run_id: str
+    fill: str
+    protocol: str
+    tables: dict[str, pd.DataFrame]
+
+    @property
+    def title(self) -> str:
+        return f"run {self.run_id}, fill {self.fill}, protocol {self.protocol}"
+
+
+@dataclass
+class ShortcutReport:
+    """:func:`build_shortcuts`' sections, one per run × fill, and how their intervals were drawn."""
+
+    sections: list[ShortcutSection]
+    resamples: int
+    seed: int
+    problems: list[str] = field(default_factory=list)
+
+    def formatted(self, section: ShortcutSection, name: str) -> pd.DataFrame:
+        """One table as strings: shares and accuracies in %, ``value [low, high]``, counts as they are."""
+        return _FORMATS[name](section.tables[name])
+
+    def to_markdown(self) -> str:
+        out = []
+        for sec in self.sections:
+            for name in SHORTCUT_TABLES:
+                df = self.formatted(sec, name)
+                if df.empty:
+                    continue
+                out += [f"{SHORTCUT_TITLES[name]} — {sec.title}; 95 % bootstrap ({self.resamples} resamples, "
+                        f"seed {self.seed})", "", "| " + " | ".join(df.columns) + " |",
+                        "|" + "|".join("---" for _ in df.columns) + "|"]
+                out += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)] + [""]
+        return "\n".join(out)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every table stacked, unrounded, with ``table``, ``run_id``, ``fill`` and ``protocol`` columns first (a
+        column a table does not have is empty in its rows)."""
+        frames = [t.assign(table=name, run_id=sec.run_id, fill=sec.fill, section_protocol=sec.protocol)
+                  for sec in self.sections for name, t in sec.tables.items() if not t.empty]
+        if not frames:
+            return pd.DataFrame(columns=["table", "run_id", "fill", "section_protocol"])
+        df = pd.concat(frames, ignore_index=True)
+        first = ["table", "run_id", "fill", "section_protocol"]
+        return df[first + [c for c in df.columns if c not in first]]
+
+    def to_csv(self, path: str | Path) -> None:
+        self.to_frame().to_csv(path, index=False, float_format="%.6g")
+
+
+def _ci(v, lo, hi, scale: float = 1.0, digits: int = 2) -> str:
+    if v is None or pd.isna(v):
+        return "–"
+    text = f"{v * scale:.{digits}f}"
+    return f"{text} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]" if not pd.isna(lo) else text
+
+
+_FORMATS = {
+    "context_share": lambda t: pd.DataFrame({
+        "Class": t["gt_target"], "Decisions": t["n"], "Context-driven": t["context_driven"],
+        "Share %": [_ci(v, lo, hi, 100, 1) for v, lo, hi in zip(t["share"], t["low"], t["high"])]}),
+    "bg_gap": lambda t: pd.DataFrame({
+        "Protocol": t["protocol"], "Decisions": t["n"], "Acc only_fg %": [f"{v * 100:.1f}" for v in t["acc_only_fg"]],
+        "Acc mixed_rand %": [f"{v * 100:.1f}" for v in t["acc_mixed_rand"]],
+        "BG-Gap %": [_ci(v, lo, hi, 100, 1) for v, lo, hi in zip(t["gap"], t["low"], t["high"])]}),
+    "method_trust": lambda t: pd.DataFrame({
+        "Method": t["method"], "Spearman ρ": [_ci(v, lo, hi) for v, lo, hi in zip(t["rho"], t["rho_low"], t["rho_high"])],
+        "n (ρ)": t["n_rho"], "ROC-AUC": [_ci(v, lo, hi) for v, lo, hi in zip(t["auc"], t["auc_low"], t["auc_high"])],
+        "context-driven / other": [f"{p} / {n}" for p, n in zip(t["n_pos"], t["n_neg"])]}),
+    "cue_trust": lambda t: pd.DataFrame({
+        "Method": t["method"], "ROC-AUC": [_ci(v, lo, hi) for v, lo, hi in zip(t["auc"], t["auc_low"], t["auc_high"])],
+        "flips / other": [f"{p} / {n}" for p, n in zip(t["n_pos"], t["n_neg"])]}),
+}
+
+
+def build_shortcuts(store: str | Path, protocol: str | None = None, run_id: str | None = None,
+                    fill: str | None = None, resamples: int = 1000, seed: int = 0) -> ShortcutReport:
+    """The shortcut tables (:mod:`store.shortcuts`) of every run with counterfactual rows (or ``run_id``'s), one
+    section per fill (or ``fill``'s). ``protocol``: that of the per-class and per-method tables (default
+    ``clean`` where the run has it, else ``report``) and the BG-Gap's only row (default: one row per protocol)."""
+    from store import shortcuts
+
+    con = connect(store)
+    runs = [r[0] for r in con.execute("SELECT DISTINCT run_id FROM counterfactuals WHERE $run IS NULL OR "
+                                      "run_id = $run ORDER BY 1", {"run": run_id}).fetchall()]
+    sections = []
+    for rid in runs:
+        protocols = [r[0] for r in con.execute("SELECT DISTINCT protocol FROM counterfactuals WHERE run_id = ?",
+                                               [rid]).fetchall()]
+        chosen = protocol or ("clean" if "clean" in protocols else "report")
+        for f in [fill] if fill is not None else shortcuts.fills(con, rid):
+            common = dict(run_id=rid, seed=seed, resamples=resamples, fill=f)
+            tables = {"context_share": shortcuts.context_share_by_class(con, protocol=chosen, **common),
+                      "bg_gap": shortcuts.bg_gap(con, protocol=protocol, **common),
+                      "method_trust": shortcuts.method_trust(con, protocol=chosen, **common),
+                      "cue_trust": shortcuts.cue_trust(con, protocol=chosen, **common)}
+            sections.append(ShortcutSection(rid, f, chosen, tables))
+    return ShortcutReport(sections, resamples, seed, store_problems(con))
+
+
+__all__ = ["Report", "build_report", "bootstrap_interval", "MAIN", "EXTRA", "HEADERS", "ShortcutReport",
+           "ShortcutSection", "build_shortcuts", "SHORTCUT_TABLES", "SHORTCUT_TITLES"]

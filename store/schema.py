@@ -109,7 +109,8 @@ SKIPS = pa.schema([
 
 # Counterfactual inputs per explained target (compute.counterfactuals): what the model does when the object, its
 # context or a planted cue is replaced. Committed like heatmaps/images (beside the batch's metrics part); one row
-# per (image_id, target_class, protocol, variant); a variant that could not be made has ``reason`` set and every
+# per (image_id, target_class, protocol, variant, fill): a rerun with another fill adds its rows to the
+# same run; a variant that could not be made has ``reason`` set and every
 # result column NULL. store.shortcuts reads it.
 COUNTERFACTUAL_VARIANTS = ("only_fg", "no_fg", "mixed_rand", "no_cue")
 COUNTERFACTUALS = pa.schema([

@@ -2,7 +2,8 @@
 table (:mod:`compute.counterfactuals`) joined with ``metrics``.
 
 Connect with :func:`store.query.connect`; every function takes that connection, binds its values as
-parameters, and returns a pandas DataFrame. Bootstrap intervals are computed in NumPy over the SQL result,
+parameters, and returns a pandas DataFrame. Each takes one ``fill`` of the variants (a run may hold several:
+:func:`fills`); left out, the only one there is. Bootstrap intervals are computed in NumPy over the SQL result,
 resampling decisions (rows) with a seeded generator, so the same store gives the same intervals.
 
 Per decision (one image × explained target × protocol; classifiers only, as the scores are probabilities):
@@ -46,6 +47,7 @@ WITH cf AS (
            bool_or(same_top1) FILTER (WHERE variant = 'no_cue') AS no_cue_same
     FROM counterfactuals
     WHERE ($run_id IS NULL OR run_id = $run_id) AND ($protocol IS NULL OR protocol = $protocol)
+      AND ($fill IS NULL OR fill = $fill)
     GROUP BY run_id, image_id, target_class, protocol
 ), m AS (
     SELECT run_id, image_id, target_class, protocol, any_value(confidence) AS confidence,
@@ -81,16 +83,30 @@ FROM scored
 """
 
 
-def _params(run_id: str | None, protocol: str | None) -> dict:
-    return {"run_id": run_id, "protocol": protocol, "confident": CONFIDENT, "survives": SURVIVES}
+def _params(con, run_id: str | None, protocol: str | None, fill: str | None) -> dict:
+    if fill is None:
+        found = fills(con, run_id)
+        if len(found) > 1:
+            raise ValueError(f"the counterfactual rows hold several fills ({', '.join(found)}); choose one")
+    return {"run_id": run_id, "protocol": protocol, "fill": fill, "confident": CONFIDENT, "survives": SURVIVES}
 
 
-def reliance(con: duckdb.DuckDBPyConnection, run_id: str | None = None, protocol: str | None = None) -> pd.DataFrame:
+def fills(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[str]:
+    """The fills the counterfactual rows of a run (or of every run) were made with, sorted. A rerun with another
+    ``--cf-fill`` adds that fill's rows to the same run; every query here then takes one ``fill``."""
+    rows = con.execute("SELECT DISTINCT fill FROM counterfactuals WHERE $run_id IS NULL OR run_id = $run_id "
+                       "ORDER BY 1", {"run_id": run_id}).fetchall()
+    return [r[0] for r in rows]
+
+
+def reliance(con: duckdb.DuckDBPyConnection, run_id: str | None = None, protocol: str | None = None,
+             fill: str | None = None) -> pd.DataFrame:
     """One row per decision (image × explained target × protocol) with ``context_reliance``,
     ``object_sufficiency``, ``background_following``, ``only_fg_correct``/``mixed_rand_correct`` (the variant's
-    top-1 maps to a class of the image), ``no_cue_same`` and the ``verdict`` (see the module's formulas)."""
+    top-1 maps to a class of the image), ``no_cue_same`` and the ``verdict`` (see the module's formulas).
+    ``fill``: the variants' fill (None: the only one there is; a ValueError when there are several)."""
     sql = f"{_DECISIONS} ORDER BY run_id, image_id, protocol, target_class"
-    return con.execute(sql, _params(run_id, protocol)).df()
+    return con.execute(sql, _params(con, run_id, protocol, fill)).df()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,11 +154,11 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
 
 
 def context_share_by_class(con, run_id: str | None = None, protocol: str | None = "clean", seed: int = 0,
-                           resamples: int = BOOTSTRAP) -> pd.DataFrame:
+                           resamples: int = BOOTSTRAP, fill: str | None = None) -> pd.DataFrame:
     """Per explained class (``gt_target``; under ``clean`` the one VOC class explained): of the confident,
     correct decisions with a verdict, the count ``n``, the ``context_driven`` count and their ``share`` with a
     95 % bootstrap interval (``low``, ``high``)."""
-    d = reliance(con, run_id, protocol)
+    d = reliance(con, run_id, protocol, fill)
     d = d[d["verdict"].notna() & (d["correct"] == True)]  # noqa: E712 (NULL-aware)
     rows = []
     for cls, g in d.groupby("gt_target", sort=True):
@@ -154,11 +170,11 @@ def context_share_by_class(con, run_id: str | None = None, protocol: str | None 
 
 
 def bg_gap(con, run_id: str | None = None, protocol: str | None = None, seed: int = 0,
-           resamples: int = BOOTSTRAP) -> pd.DataFrame:
+           resamples: int = BOOTSTRAP, fill: str | None = None) -> pd.DataFrame:
     """The BG-Gap analogue per protocol: over decisions where both variants were made and their top-1 maps to a
     VOC class, the accuracy (top-1 maps to a class of the image) on ``only_fg`` and on ``mixed_rand``, and
     ``gap = acc_only_fg - acc_mixed_rand`` with a 95 % bootstrap interval (decisions resampled in pairs)."""
-    d = reliance(con, run_id, protocol)
+    d = reliance(con, run_id, protocol, fill)
     d = d[d["only_fg_correct"].notna() & d["mixed_rand_correct"].notna()]
     rows = []
     for proto, g in d.groupby("protocol", sort=True):
@@ -178,8 +194,8 @@ JOIN metrics mm ON d.run_id = mm.run_id AND d.image_id = mm.image_id AND d.proto
 """
 
 
-def _method_rows(con, run_id, protocol) -> pd.DataFrame:
-    return con.execute(_METHOD_ROWS.format(decisions=_DECISIONS), _params(run_id, protocol)).df()
+def _method_rows(con, run_id, protocol, fill) -> pd.DataFrame:
+    return con.execute(_METHOD_ROWS.format(decisions=_DECISIONS), _params(con, run_id, protocol, fill)).df()
 
 
 def method_samples(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -192,12 +208,12 @@ def method_samples(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 
 def method_trust(con, run_id: str | None = None, protocol: str | None = "clean", seed: int = 0,
-                 resamples: int = BOOTSTRAP) -> pd.DataFrame:
+                 resamples: int = BOOTSTRAP, fill: str | None = None) -> pd.DataFrame:
     """The method-trust leaderboard: per method, over decisions with both a map mass and a reliance score,
     ``rho`` (Spearman, mass off the object vs ``context_reliance``; ``n_rho`` decisions) and, over confident
     decisions with a verdict, ``auc`` (ROC-AUC of the mass off the object for flagging ``context-driven``
     ones; ``n_pos``/``n_neg``), each with a 95 % bootstrap interval. Best ``auc`` first."""
-    d = _method_rows(con, run_id, protocol)
+    d = _method_rows(con, run_id, protocol, fill)
     rows = []
     for method, g in d.groupby("method", sort=True):
         x, y, s, pos = method_samples(g)
@@ -213,11 +229,11 @@ def method_trust(con, run_id: str | None = None, protocol: str | None = "clean",
 
 
 def cue_trust(con, run_id: str | None = None, protocol: str | None = "clean", seed: int = 0,
-              resamples: int = BOOTSTRAP) -> pd.DataFrame:
+              resamples: int = BOOTSTRAP, fill: str | None = None) -> pd.DataFrame:
     """On stores with planted cues: per method, over confident decisions whose ``no_cue`` variant was made and
     whose map has a ``cue_mass``, the ROC-AUC of the cue mass for flagging decisions whose top-1 flips when the
     cue is removed (``n_pos`` flips, ``n_neg`` not), with a 95 % bootstrap interval. Empty without cues."""
-    d = _method_rows(con, run_id, protocol)
+    d = _method_rows(con, run_id, protocol, fill)
     d = d[d["cue_mass"].notna() & d["no_cue_same"].notna() & (d["confidence"] >= CONFIDENT)]
     rows = []
     for method, g in d.groupby("method", sort=True):
@@ -229,5 +245,5 @@ def cue_trust(con, run_id: str | None = None, protocol: str | None = "clean", se
     return out.sort_values(["auc", "method"], ascending=[False, True], na_position="last").reset_index(drop=True)
 
 
-__all__ = ["CONFIDENT", "SURVIVES", "BOOTSTRAP", "VERDICTS", "reliance", "context_share_by_class", "bg_gap",
+__all__ = ["CONFIDENT", "SURVIVES", "BOOTSTRAP", "VERDICTS", "fills", "reliance", "context_share_by_class", "bg_gap",
            "method_trust", "cue_trust", "spearman", "roc_auc"]

@@ -92,3 +92,37 @@ def test_vitlens_compute_explains_the_demo_data_with_the_demo_checkpoint(demo_ru
     labels = {r[0] for r in con.execute("SELECT DISTINCT pred_label FROM metrics").fetchall()}
     assert labels <= set(CLASSES)
     assert con.execute("SELECT count(*) FROM metrics WHERE cue_mass IS NOT NULL").fetchone()[0] == 8
+
+
+def test_demo_prints_the_shortcut_tables(demo_run):
+    from compute.report import SHORTCUT_TITLES
+
+    _, proc = demo_run
+    text = " ".join(proc.stdout.split())
+    for name in ("context_share", "bg_gap", "method_trust", "cue_trust"):
+        assert SHORTCUT_TITLES[name] in text
+
+
+def test_removing_the_cue_takes_away_the_decisions_it_made(demo_run):
+    """The ground truth the demo plants, measured by the ``no_cue`` variant: on conflict images the model
+    classified by their cue, removing the cue takes the decision away. The demo model has learnt the cue and
+    little of the shapes (chance on ``no_cue`` images), so without its cue an image gets a near-random class: the
+    top-1 stays the cue's class by chance on about a quarter of them, but the cue class's probability falls on
+    every one. ``no_cue`` images have no cue to remove: their variant is not made, and says why."""
+    from store.query import connect
+
+    out, _ = demo_run
+    con = connect(out / "store")
+    rows = con.execute("""
+        SELECT json_extract_string(i.meta, '$.group') AS grp, c.same_top1, c.score, c.orig_score, c.reason,
+               m.pred_label = json_extract_string(i.meta, '$.cue_class') AS by_cue
+        FROM counterfactuals c JOIN images i USING (run_id, image_id)
+        JOIN (SELECT DISTINCT run_id, image_id, protocol, pred_label FROM metrics) m USING (run_id, image_id, protocol)
+        WHERE c.variant = 'no_cue' AND c.protocol = 'clean'""").df()
+    followed = rows[(rows.grp == "conflict") & rows.by_cue.fillna(False).astype(bool)]
+    assert len(followed) >= 20  # the model follows the cue on (nearly) every conflict image
+    assert (~followed.same_top1.astype(bool)).mean() >= 2 / 3
+    assert (followed.score < followed.orig_score).all()
+    assert (followed.score / followed.orig_score).median() < 0.25
+    no_cue = rows[rows.grp == "no_cue"]
+    assert len(no_cue) == 24 and no_cue.score.isna().all() and (no_cue.reason == "cue mask is empty").all()

@@ -29,6 +29,7 @@ KEYS = {
     "heatmaps": ["image_id", "method", "target_class"],
     "images": ["image_id"],
     "skips": ["image_id", "stage", "reason"],
+    "counterfactuals": ["image_id", "target_class", "protocol", "variant", "fill"],
 }
 MANIFEST_KEYS = ("class_names", "target", "class_map", "methods")
 BINARY = {"images": ("thumbnail", "mask_png", "cue_png")}

@@ -26,6 +26,7 @@ The steps, one module each, in the order a batch meets them:
 - :mod:`~compute.runner.resume` — what is committed and what a batch still owes;
 - :mod:`~compute.runner.passes` — the captures a batch needs;
 - :mod:`~compute.runner.explain` — capture, methods, faithfulness;
+- :mod:`~compute.runner.variants` — the counterfactual variants each explained target still owes;
 - :mod:`~compute.runner.rows` — scoring into rows, and the one commit of a batch's rows;
 - :mod:`~compute.runner.background` — methods finished on background threads;
 - :mod:`~compute.runner.context` — what the batches of a run share, and the time per stage;

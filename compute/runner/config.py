@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from compute import DEFAULT_MODEL
+from compute.counterfactuals import FILLS
 from compute.data.classmap import ClassMap
 from compute.metrics import PROTOCOLS
 from compute.metrics.faithfulness import BASELINES
@@ -43,6 +44,10 @@ class RunConfig:
     faithfulness: bool = False
     faithfulness_steps: int = 10
     faithfulness_baseline: str = "zero"
+    # counterfactual variants per explained target (compute.runner.variants); not part of the run id: they
+    # change no metric, and every variant row records its fill
+    counterfactuals: bool = True
+    cf_fill: str = "blur"
 
     def identity(self) -> dict:
         """What makes two runs' rows comparable; its hash is the run id (methods, limits and the confidence
@@ -98,6 +103,8 @@ def check_config(config: RunConfig) -> None:
     if config.explain == "present" and "clean" not in config.protocols:
         raise ValueError("--explain present applies to the clean protocol; add clean to --protocol")
     check_min_confidence(config.min_confidence)
+    if config.cf_fill not in FILLS:
+        raise ValueError(f"unknown --cf-fill {config.cf_fill!r}; choose one of {', '.join(FILLS)}")
     if config.faithfulness:
         if config.faithfulness_baseline not in BASELINES:
             raise ValueError(f"unknown faithfulness baseline {config.faithfulness_baseline!r}; "

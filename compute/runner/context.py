@@ -26,6 +26,7 @@ class StageTimes:
     methods: float = 0.0
     scoring: float = 0.0
     faithfulness: float = 0.0
+    counterfactuals: float = 0.0
     writing: float = 0.0
     background: float = 0.0  # deferred method work, run alongside the main loop
 
@@ -62,5 +63,5 @@ class RunContext:
         others; only ``waiting for the background`` added to the run."""
         t = self.times
         return {"capture": t.capture, "methods": t.methods, "scoring": t.scoring, "faithfulness": t.faithfulness,
-                "writing": t.writing, "in the background": t.background,
+                "counterfactuals": t.counterfactuals, "writing": t.writing, "in the background": t.background,
                 "waiting for the background": self.background.wait_seconds if self.background else 0.0}

@@ -1,5 +1,6 @@
 """Explaining one batch: drop the images below ``--min-confidence``, run one capture per pass, hand it to every
-method still owed, score the maps (with faithfulness curves when asked), and leave the rows in the batch's
+method still owed, score the maps (with faithfulness curves when asked), evaluate the counterfactual variants
+still owed from the captures' logits (:mod:`compute.runner.variants`), and leave the rows in the batch's
 :class:`~compute.runner.rows.BatchRows`. Methods with a CPU-bound tail are handed to the background and
 committed by :func:`commit_deferred` once finished."""
 
@@ -18,6 +19,7 @@ from compute.runner.context import RunContext
 from compute.runner.devices import sync_device
 from compute.runner.passes import Pass, PassOutputs, plan_passes
 from compute.runner.rows import BatchRows, PassMaps, checked_map, image_rows, method_skips, score_pass
+from compute.runner.variants import evaluate_batch, pass_requests
 
 
 def explain_batch(good: list[dict], todo: dict[str, dict], x_batch: torch.Tensor, ctx: RunContext,
@@ -37,7 +39,9 @@ def explain_batch(good: list[dict], todo: dict[str, dict], x_batch: torch.Tensor
         if not items:
             return filtered
     batch.explained = True
-    logits = explain_passes(items, todo, x, logits, methods, ctx, batch)
+    requests: list = []  # the variants owed, gathered per pass, evaluated once for the batch
+    logits = explain_passes(items, todo, x, logits, methods, ctx, batch, requests)
+    evaluate_batch(items, x, logits, requests, ctx, batch)
     batch.images += image_rows(items, logits, ctx.loaded, ctx.config.split, ctx.class_names, ctx.images_done)
     return filtered
 
@@ -57,9 +61,10 @@ def drop_unconfident(items: list[dict], x: torch.Tensor, ctx: RunContext):
 
 
 def explain_passes(items: list[dict], todo: dict[str, dict], x: torch.Tensor, logits: torch.Tensor | None,
-                   methods: list[Method], ctx: RunContext, batch: BatchRows) -> torch.Tensor:
-    """Capture, explain and score every pass of the batch; returns the logits of all ``items`` (from the
-    captures, the confidence filter's forward, or one more forward for images no capture saw)."""
+                   methods: list[Method], ctx: RunContext, batch: BatchRows, requests: list) -> torch.Tensor:
+    """Capture, explain and score every pass of the batch, adding the counterfactual variants each pass owes to
+    ``requests``; returns the logits of all ``items`` (from the captures, the confidence filter's forward, or
+    one more forward for images no capture saw)."""
     requires = set().union(*(m.requires for m in methods))
     covered = torch.full((len(items),), logits is not None, dtype=torch.bool)  # whose logits are known
     for plan in plan_passes(items, todo, ctx.target, ctx.config, ctx.cmap):
@@ -71,7 +76,8 @@ def explain_passes(items: list[dict], todo: dict[str, dict], x: torch.Tensor, lo
             logits = torch.zeros(len(items), cap.outputs.shape[1])
         logits[plan.positions] = cap.outputs.to(logits.device, logits.dtype)
         covered[plan.positions] = True
-        explain_pass(plan, cap, items, todo, methods, ctx, batch)
+        outputs = explain_pass(plan, cap, items, todo, methods, ctx, batch)
+        requests += pass_requests(plan, outputs, items, todo, ctx)
     if logits is None or not bool(covered.all()):  # images no capture saw (no explainable class)
         with torch.inference_mode():
             full = ctx.loaded.model(x).float()
@@ -81,9 +87,9 @@ def explain_passes(items: list[dict], todo: dict[str, dict], x: torch.Tensor, lo
 
 
 def explain_pass(plan: Pass, cap, items: list[dict], todo: dict, methods: list[Method], ctx: RunContext,
-                 batch: BatchRows) -> None:
+                 batch: BatchRows) -> PassOutputs:
     """Run the methods on one capture and score their maps into ``batch``; the methods that can finish on the
-    CPU go to the background, as a part set of their own."""
+    CPU go to the background, as a part set of their own. Returns what scoring kept of the capture."""
     pass_items = [items[i] for i in plan.positions]
     maps, deferred = run_methods(plan, cap, pass_items, todo, methods, ctx, batch)
     curves = faithfulness_curves(plan, cap, {k: v[1] for k, v in maps.items()}, ctx) \
@@ -93,6 +99,7 @@ def explain_pass(plan: Pass, cap, items: list[dict], todo: dict, methods: list[M
         key = hashlib.sha1(f"{batch.key}|{plan.positions}|{plan.voc}|later|{','.join(deferred)}".encode())
         ctx.background.submit(DeferredPass(key.hexdigest()[:16], plan, outputs, pass_items, todo, deferred))
     score_pass(plan, outputs, pass_items, todo, maps, curves, ctx, batch)
+    return outputs
 
 
 def run_methods(plan: Pass, cap, items: list[dict], todo: dict, methods: list[Method], ctx: RunContext,

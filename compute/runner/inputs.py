@@ -4,7 +4,7 @@ DataLoader workers, then stacked into batches (:func:`collate`)."""
 from __future__ import annotations
 
 import io
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -18,11 +18,16 @@ from store.schema import THUMBNAIL_SIZE
 class DecodedImages:
     """A dataset's samples as the job's items: ``dataset[i]`` decoded and preprocessed, plus what the store keeps
     of the image. Runs in DataLoader workers. Never raises: a sample that cannot be read becomes an item with an
-    ``error`` (a skip row), so that one corrupt file does not stop the run."""
+    ``error`` (a skip row), so that one corrupt file does not stop the run.
 
-    def __init__(self, dataset, preprocess: Preprocess):
+    ``partner_of``: ``image_id -> Partner | None``, the image whose background the ``mixed_rand`` variant
+    borrows (:func:`compute.runner.variants.partner_reader`), read here too so that the main loop waits for no
+    extra decoding; None when the run makes no variants."""
+
+    def __init__(self, dataset, preprocess: Preprocess, partner_of: Callable[[str], object] | None = None):
         self.dataset = dataset
         self.preprocess = preprocess
+        self.partner_of = partner_of
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -41,7 +46,18 @@ class DecodedImages:
             "height": sample.image.height, "classes": sample.classes_present,
             "thumbnail": jpeg_thumbnail(sample.image), "mask_png": png_bytes(sample.mask),
             "cue_png": png_bytes(sample.extra_masks["cue"]) if "cue" in sample.extra_masks else None,
+            "partner": self._partner(sample.image_id),
         }
+
+    def _partner(self, image_id: str):
+        """The image's ``mixed_rand`` partner; None (the variant's row then says there is none) when the run
+        makes no variants or the partner cannot be read."""
+        if self.partner_of is None:
+            return None
+        try:
+            return self.partner_of(image_id)
+        except Exception:  # noqa: BLE001 - a partner that cannot be read must not cost the image itself
+            return None
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Preprocessed batches of every readable image, in order (for a target that needs all images first,

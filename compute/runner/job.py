@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -24,6 +24,7 @@ from compute.runner.explain import commit_deferred, explain_batch
 from compute.runner.inputs import DecodedImages, collate
 from compute.runner.resume import CommittedKeys, part_key, work_left
 from compute.runner.rows import BatchRows
+from compute.runner.variants import committed_variant_keys, partner_reader
 from compute.targets import resolve_target
 from store.writer import StoreWriter
 
@@ -85,7 +86,9 @@ class Job:
         self.dataset = dataset if dataset is not None else _voc_dataset(config)
         self.class_names = tuple(class_names or getattr(self.dataset, "class_names", None) or VOC_CLASSES)
         self.loaded = self._model(loaded)
-        self.decoded = DecodedImages(self.dataset, self.loaded.preprocess())
+        partner_of = (partner_reader(self._whole_split(dataset), self.loaded.preprocess(), self.class_names,
+                                     config.seed) if config.counterfactuals else None)
+        self.decoded = DecodedImages(self.dataset, self.loaded.preprocess(), partner_of)
         target = resolve_target(config.target, self.loaded, images=lambda: self.decoded.batches(config.batch_size),
                                 batch_size=config.batch_size)
         cmap, self.cmap_reason = classmap_for(self.loaded.num_classes, self.loaded.labels, self.class_names)
@@ -104,6 +107,14 @@ class Job:
                               class_names=self.class_names, cmap=cmap, writer=self.writer,
                               images_done=self.writer.images_done(), done=CommittedKeys(self.writer.done_keys()),
                               background=Background() if background else None)
+        self.ctx.done.add(committed_variant_keys(config.out, self.run_id))
+
+    def _whole_split(self, given):
+        """The images ``mixed_rand`` partners are drawn from: the whole split, whatever ``--limit`` and
+        ``--shard`` take (a data source given by the caller is taken as the whole split)."""
+        if given is None and self.config.limit:
+            return _voc_dataset(replace(self.config, limit=None))
+        return self.dataset
 
     def _model(self, loaded: LoadedModel | None) -> LoadedModel:
         """The given model moved to the job's device, or the configured one loaded there."""

@@ -24,6 +24,13 @@ class Unit(enum.Enum):
 TARGET_PASS = Unit.TARGET_PASS  # the unit of the ``--target`` pass (top-1 by default)
 
 
+def work_key(fill: str) -> str:
+    """The key the counterfactual variants of one fill take beside the method keys of a unit of work (in
+    ``todo``, part names and :class:`CommittedKeys`): they are owed, resumed and committed as a method's rows
+    are (see :mod:`compute.runner.variants`)."""
+    return f"counterfactuals({fill})"
+
+
 class CommittedKeys:
     """The committed ``(image_id, method, target_class, protocol)`` keys of a run, asked per unit of work.
 
@@ -44,6 +51,10 @@ class CommittedKeys:
 
     def add_rows(self, rows: list[dict]) -> None:
         self.add((r["image_id"], r["method"], r["target_class"], r["protocol"]) for r in rows)
+
+    def add_variant_rows(self, rows: list[dict]) -> None:
+        """Count ``counterfactuals`` rows (``store.schema.COUNTERFACTUALS``) as done, under :func:`work_key`."""
+        self.add((r["image_id"], work_key(r["fill"]), r["target_class"], r["protocol"]) for r in rows)
 
     def has(self, image_id: str, method: str, unit, protocol: str) -> bool:
         if unit is TARGET_PASS:
@@ -72,17 +83,19 @@ def units_of(item: dict, config: RunConfig, cmap: ClassMap | None) -> dict:
 def work_left(good: list[dict], methods: list[Method], config: RunConfig, cmap: ClassMap | None,
               done: CommittedKeys, images_done: set) -> dict[str, dict]:
     """image_id -> {unit -> {method key -> protocols still missing a committed row}}: exactly the rows a run
-    still owes, per (image, method, target, protocol). An image with nothing left but no committed ``images``
-    row is listed with no units, for that row."""
+    still owes, per (image, method, target, protocol); the counterfactual variants count as one more method
+    (:func:`work_key`) unless turned off. An image with nothing left but no committed ``images`` row is listed
+    with no units, for that row."""
+    keys = [m.key for m in methods] + ([work_key(config.cf_fill)] if config.counterfactuals else [])
     left = {}
     for it in good:
         image_id, units = it["image_id"], {}
         for unit, protocols in units_of(it, config, cmap).items():
             missing_per_method = {}
-            for m in methods:
-                missing = tuple(p for p in protocols if not done.has(image_id, m.key, unit, p))
+            for key in keys:
+                missing = tuple(p for p in protocols if not done.has(image_id, key, unit, p))
                 if missing:
-                    missing_per_method[m.key] = missing
+                    missing_per_method[key] = missing
             if missing_per_method:
                 units[unit] = missing_per_method
         if units or image_id not in images_done:

@@ -1,4 +1,5 @@
-"""The rows a batch writes: metric and heatmap rows of each pass's maps, its ``images`` rows and its skips,
+"""The rows a batch writes: metric and heatmap rows of each pass's maps, its ``images`` rows, its
+counterfactual variant rows (:mod:`compute.runner.variants`) and its skips,
 gathered in one :class:`BatchRows` and committed by it, the same way on every path (a batch's own part set,
 or the part set of methods finished in the background)."""
 
@@ -35,6 +36,7 @@ class BatchRows:
     metrics: list[dict] = field(default_factory=list)
     heatmaps: list[dict] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
+    counterfactuals: list[dict] = field(default_factory=list)
     explained: bool = False
 
     def commit(self, ctx: RunContext) -> int:
@@ -43,13 +45,14 @@ class BatchRows:
             ctx.writer.write_skips(self.key, self.skips)
             if self.explained:
                 ctx.writer.write_batch(self.key, {"heatmaps": self.heatmaps, "images": self.images,
-                                                  "metrics": self.metrics})
+                                                  "counterfactuals": self.counterfactuals, "metrics": self.metrics})
         ctx.images_done.update(r["image_id"] for r in self.images)
         for skip in self.skips:  # a method's or a scorer's failure on one image: "method:<key>", "score:<key>"
             stage, _, method = skip["stage"].partition(":")
             if stage in ("method", "score"):
                 ctx.map_skips[method] = ctx.map_skips.get(method, 0) + 1
         ctx.done.add_rows(self.metrics)
+        ctx.done.add_variant_rows(self.counterfactuals)
         return len(self.metrics)
 
 
