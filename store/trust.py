@@ -159,13 +159,15 @@ def roc_auc_normal_interval(auc: float, n_pos: int, n_neg: int) -> tuple[float, 
 
 
 def method_trust(con, run_id: str | None = None, protocol: str | None = "clean", seed: int = 0,
-                 resamples: int = shortcuts.BOOTSTRAP, interval: str = "bootstrap") -> pd.DataFrame:
+                 resamples: int = shortcuts.BOOTSTRAP, interval: str = "bootstrap",
+                 fill: str | None = None) -> pd.DataFrame:
     """:func:`store.shortcuts.method_trust`: the same rows, columns and order. With ``interval="bootstrap"``
     the same intervals up to rounding, from resample counts (several times faster); with ``"normal"`` normal
-    approximations (see the module doc), for a page that must open at once."""
+    approximations (see the module doc), for a page that must open at once. ``fill``: as in
+    :mod:`store.shortcuts` (None: the only fill the run holds)."""
     if interval not in INTERVALS:
         raise ValueError(f"unknown interval {interval!r}; choose one of {', '.join(INTERVALS)}")
-    d = shortcuts._method_rows(con, run_id, protocol)
+    d = shortcuts._method_rows(con, run_id, protocol, fill)
     rows = []
     for method, g in d.groupby("method", sort=True):
         x, y, s, pos = shortcuts.method_samples(g)
