@@ -46,7 +46,7 @@ def test_failure_case_opens_its_image_in_a_browser(server, store, store_info):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(f"{server}/failures")  # a fresh server whose first request names a page
+            page.goto(f"{server}/failures?fc_metric=iou")  # a fresh server whose first request names a page
             _settle(page)
             assert page.locator("h1", has_text="Failure cases").count() == 1
             assert page.locator('[data-testid="stSidebar"]').get_by_text("Filters", exact=True).count() == 1
@@ -158,10 +158,10 @@ def test_journey_on_a_demo_store(demo_server, demo_store):
             context = browser.new_context(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
             page = context.new_page()
 
-            # failure cases, ranked by the strongest evidence a cue store has: cue mass
+            # failure cases, ranked by the strongest evidence the demo store has: counterfactual context reliance
             page.goto(f"{demo_server}/failures")
             _settle(page)
-            assert "Cue mass" in _main_text(page)
+            assert "context reliance" in _main_text(page)
             failures_url = page.url
             grid = page.locator('[data-testid="stDataFrame"]').first
             grid.scroll_into_view_if_needed()
@@ -207,7 +207,7 @@ def test_journey_on_a_demo_store(demo_server, demo_store):
             assert f"image={clicked}" in page.url
 
             # every view again, from its link, in a fresh browser context
-            _same_view_in_a_fresh_context(browser, failures_url, ["Failure cases", "Cue mass"])
+            _same_view_in_a_fresh_context(browser, failures_url, ["Failure cases", "context reliance"])
             _same_view_in_a_fresh_context(browser, image_url, [f"{image_id} · ground truth"])
             _same_view_in_a_fresh_context(browser, grid_url, ["Heatmap grid", f"{len(lines) - 1} images"])
             _same_view_in_a_fresh_context(browser, scatter_url, ["Distributions"])

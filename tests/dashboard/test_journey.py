@@ -190,7 +190,9 @@ def test_failure_cases_rank_images_by_context_reliance_when_the_store_has_it(tmp
 
 
 def test_failure_cases_rank_a_cue_store_by_cue_mass_one_row_per_image(demo_store, app_at):
-    at = goto(app_at(demo_store), "failures")
+    # the demo store also holds counterfactual rows, the strongest evidence, which rank by default ...
+    assert goto(app_at(demo_store), "failures").selectbox(key="fc_metric").value == "context reliance"
+    at = goto(app_at(demo_store, fc_metric="cue_mass"), "failures")  # ... then the planted cue
     assert at.selectbox(key="fc_metric").value == "cue_mass"
     cases = table(at, "failure_table")
     assert cases["image_id"].is_unique

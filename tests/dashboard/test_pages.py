@@ -149,6 +149,8 @@ def test_distribution_chart_has_one_trace_per_chosen_method(store, store_info, a
 def test_failure_cases_are_ranked_by_the_displayed_score(store, store_info, app_at):
     at = run(app_at(store))
     goto(at, "failures")
+    at.selectbox(key="fc_metric").set_value("iou")  # the store also has counterfactuals, which rank first
+    run(at)
     cases = table(at, "failure_table")
     assert "confidence × (1 − mean over methods of IoU)" in texts(at)
     methods = store_info["facets"]["methods"]
