@@ -27,9 +27,15 @@ def stored_variants(store: str, fp: str, run_id: str) -> tuple[str, ...]:
     return tuple(data._run(store, fp, variants.stored_variants, run_id))
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def fills(store: str, fp: str, run_id: str) -> tuple[str, ...]:
+    """The fills the run's variants were made with (a rerun with another ``--cf-fill`` adds one)."""
+    return tuple(data._run(store, fp, shortcuts.fills, run_id))
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
-def reliance(store: str, fp: str, run_id: str, protocol: str) -> pd.DataFrame:
-    return data._run(store, fp, shortcuts.reliance, run_id, protocol)
+def reliance(store: str, fp: str, run_id: str, protocol: str, fill: str | None = None) -> pd.DataFrame:
+    return data._run(store, fp, shortcuts.reliance, run_id, protocol, fill)
 
 
 #: the page's tables, each a function of (connection, run_id, protocol, resamples=...) in store.shortcuts; the
@@ -39,21 +45,24 @@ STATISTICS = {"context_share": shortcuts.context_share_by_class, "bg_gap": short
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def statistic(store: str, fp: str, run_id: str, protocol: str, name: str) -> pd.DataFrame:
-    """One of :data:`STATISTICS` of a run under a protocol, with :data:`RESAMPLES` bootstrap resamples."""
-    return data._run(store, fp, STATISTICS[name], run_id, protocol, resamples=RESAMPLES)
+def statistic(store: str, fp: str, run_id: str, protocol: str, name: str, fill: str | None = None) -> pd.DataFrame:
+    """One of :data:`STATISTICS` of a run under a protocol and fill, with :data:`RESAMPLES` bootstrap resamples."""
+    return data._run(store, fp, STATISTICS[name], run_id, protocol, resamples=RESAMPLES, fill=fill)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def method_trust(store: str, fp: str, run_id: str, protocol: str, interval: str) -> pd.DataFrame:
+def method_trust(store: str, fp: str, run_id: str, protocol: str, interval: str,
+                 fill: str | None = None) -> pd.DataFrame:
     """The method-trust table with ``interval`` "normal" (instant) or "bootstrap" (as the report, seconds on a
     large store; store.trust)."""
-    return data._run(store, fp, trust.method_trust, run_id, protocol, resamples=RESAMPLES, interval=interval)
+    return data._run(store, fp, trust.method_trust, run_id, protocol, resamples=RESAMPLES, interval=interval,
+                     fill=fill)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def outcomes(store: str, fp: str, run_id: str, ids: tuple[str, ...], protocol: str) -> pd.DataFrame:
-    return data._run(store, fp, variants.variant_outcomes, run_id, list(ids), protocol)
+def outcomes(store: str, fp: str, run_id: str, ids: tuple[str, ...], protocol: str,
+             fill: str | None = None) -> pd.DataFrame:
+    return data._run(store, fp, variants.variant_outcomes, run_id, list(ids), protocol, fill)
 
 
 def _pixels(rec: dict, size_hw: tuple[int, int] | None = None):

@@ -145,15 +145,16 @@ def stored_variants(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
 
 
 def variant_outcomes(con: duckdb.DuckDBPyConnection, run_id: str, image_ids: list[str],
-                     protocol: str | None = None) -> pd.DataFrame:
+                     protocol: str | None = None, fill: str | None = None) -> pd.DataFrame:
     """The stored rows of the given images' variants: image_id, target_class, protocol, variant, fill,
     gt_target, orig_score, score, pred_label, pred_voc, same_top1, partner_id, partner_classes, reason."""
     return con.execute(
         "SELECT image_id, target_kind, target_class, protocol, variant, fill, gt_target, score_kind, orig_score, "
         "orig_pred_class, score, pred_class, pred_label, pred_voc, same_top1, partner_id, partner_classes, reason "
         "FROM counterfactuals WHERE run_id = ? AND list_contains(?::VARCHAR[], image_id) "
-        "AND (? IS NULL OR protocol = ?) ORDER BY image_id, protocol, target_class, variant",
-        [run_id, list(image_ids), protocol, protocol]).df()
+        "AND (? IS NULL OR protocol = ?) AND (? IS NULL OR fill = ?) "
+        "ORDER BY image_id, protocol, target_class, variant",
+        [run_id, list(image_ids), protocol, protocol, fill, fill]).df()
 
 
 __all__ = ["BLUR_SIGMA", "VOID_REACH", "FILLS", "SHOWN_VARIANTS", "object_region", "resize_mask", "fill_values",

@@ -44,7 +44,7 @@ def no_counterfactuals() -> None:
 
 def per_class_section() -> None:
     st.subheader("Context-driven decisions per class")
-    share = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "context_share")
+    share = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "context_share", FILL)
     if view.filter.classes:
         share = share[share["gt_target"].isin(view.filter.classes)]
     if share.empty:
@@ -74,7 +74,7 @@ def per_class_section() -> None:
                f"alone keeps ≥ {SURVIVES} of the class's probability while the object alone does not "
                f"(protocol **{protocol}**; class = the object region's class). Bars: 95 % bootstrap intervals "
                f"({data_cf.RESAMPLES} resamples).")
-    gap = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "bg_gap")
+    gap = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "bg_gap", FILL)
     if not gap.empty:
         g = gap.iloc[0]
         st.markdown(f"**BG-Gap** (accuracy on `only_fg` − on `mixed_rand`, {int(g['n'])} decisions): "
@@ -174,7 +174,7 @@ def evidence_section(decisions: pd.DataFrame) -> None:
     start = (int(page) - 1) * int(n)
     shown = ranked.iloc[start:start + int(n)]
     ids = tuple(dict.fromkeys(shown["image_id"]))
-    outcomes = data_cf.outcomes(view.store, view.fp, view.run_id, ids, protocol)
+    outcomes = data_cf.outcomes(view.store, view.fp, view.run_id, ids, protocol, FILL)
     partners = tuple(p for p in dict.fromkeys(outcomes["partner_id"].dropna()) if p not in ids)
     batch = ids + partners
     # the same columns on every card: no_cue only where some image of the page has a cue
@@ -216,7 +216,7 @@ def trust_section() -> None:
                      help=f"{data_cf.RESAMPLES} resamples of the decisions, as `vitlens report --shortcuts` "
                           "(seconds on a large store); off: normal approximations (Fisher's z for ρ, Hanley & McNeil "
                           "for ROC-AUC)")
-    trust = data_cf.method_trust(view.store, view.fp, view.run_id, protocol, "bootstrap" if boot else "normal")
+    trust = data_cf.method_trust(view.store, view.fp, view.run_id, protocol, "bootstrap" if boot else "normal", FILL)
     trust = trust[trust["method"].isin(view.methods)] if view.methods else trust
     if trust.empty:
         st.info("No method's map has a relevance mass on decisions with a reliance score under this protocol.")
@@ -244,7 +244,7 @@ def trust_section() -> None:
 
 
 def cue_section() -> None:
-    cue = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "cue_trust")
+    cue = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "cue_trust", FILL)
     if cue.empty:
         return
     st.subheader("Planted cue")
@@ -260,11 +260,23 @@ def cue_section() -> None:
                "filled (`no_cue`) rests on the cue. ROC-AUC of each map's cue mass for flagging those decisions.")
 
 
+def choose_fill() -> str | None:
+    """The variants' fill the page shows: the run's only one, or the one picked when a rerun added another."""
+    found = list(data_cf.fills(view.store, view.fp, view.run_id))
+    if len(found) <= 1:
+        return found[0] if found else None
+    us.declare(us.choice("sc_fill", found, "blur" if "blur" in found else found[0]))
+    return st.radio("Fill of the removed pixels", found, key="sc_fill", horizontal=True,
+                    help="This run holds variants made with several fills (`--cf-fill`); a verdict that changes "
+                         "with the fill is a verdict about the fill.")
+
+
 stored = data_cf.stored_variants(view.store, view.fp, view.run_id)
 if not stored:
     no_counterfactuals()
 else:
-    decisions = data_cf.reliance(view.store, view.fp, view.run_id, protocol)
+    FILL = choose_fill()
+    decisions = data_cf.reliance(view.store, view.fp, view.run_id, protocol, FILL)
     if decisions.empty:
         st.info(f"No counterfactual rows under protocol **{protocol}**: choose another in the sidebar.")
     else:

@@ -158,3 +158,38 @@ def test_compare_link_restores_metric_image_and_methods(cf_store, app_at):
 def test_compare_on_a_store_with_one_run_says_so(odd_store, app_at):
     at = goto(app_at(odd_store), "compare")
     assert "holds one run only" in texts(at)
+
+
+def test_a_run_with_two_fills_shows_the_one_picked(tmp_path, app_at):
+    # before: a rerun with another --cf-fill made the page fail ("several fills; choose one")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from store.writer import StoreWriter
+
+    out = synth_cf.build(tmp_path / "two-fills")
+    parts = sorted(out.glob(f"counterfactuals/run_id={A}/part-*.parquet"))
+    rows = pa.concat_tables([pq.read_table(p) for p in parts])
+    other = rows.set_column(rows.schema.get_field_index("fill"), "fill", pc.if_else(
+        pc.equal(rows.column("fill"), "gray"), "mean", rows.column("fill")))
+    other = other.set_column(other.schema.get_field_index("score"), "score",
+                             pc.multiply(other.column("score"), 0.5))   # the other fill keeps half the evidence
+    StoreWriter(out, A, clean_orphans=False).write_batch(
+        "second-fill", {"counterfactuals": other.drop(["run_id"]).to_pylist(), "metrics": []})
+
+    con = connect(out)
+    assert shortcuts.fills(con, A) == ["gray", "mean"]
+    want = shortcuts.context_share_by_class(con, A, "clean", resamples=20, fill="mean")
+    gray = shortcuts.context_share_by_class(con, A, "clean", resamples=20, fill="gray")
+    con.close()
+    assert want["context_driven"].tolist() != gray["context_driven"].tolist()
+    at = goto(app_at(out, protocol="clean", sc_fill="mean"), "shortcuts")
+    assert at.radio(key="sc_fill").value == "mean"
+    shown = table(at, "context_share_table").set_index("gt_target")
+    assert shown["context_driven"].to_dict() == want.set_index("gt_target")["context_driven"].to_dict()
+    at.radio(key="sc_fill").set_value("gray")
+    run(at)
+    shown = table(at, "context_share_table").set_index("gt_target")
+    assert shown["context_driven"].to_dict() == gray.set_index("gt_target")["context_driven"].to_dict()
+    assert "sc_fill" not in at.query_params  # the default fill is left out of the link
