@@ -401,11 +401,7 @@ def report_cmd(
         raise ValueError("--cf-fill applies to --shortcuts")
     rep = build_report(store, protocol=protocol, min_confidence=min_confidence, run_id=run_id,
                        resamples=resamples, seed=seed)
-    for problem in rep.problems:
-        console.print(f"[bold yellow]warning:[/] left out, damaged: {problem}", highlight=False, soft_wrap=True)
-    if rep.problems:
-        console.print("[yellow]the figures below leave those batches out; rerun the same `vitlens compute` "
-                      "command to recompute exactly them[/]", highlight=False)
+    _warn_damaged(rep.problems)
     if rep.table.empty:
         given = [f"{flag} {value}" for flag, value in (("--protocol", protocol), ("--min-confidence", min_confidence),
                                                        ("--run", run_id)) if value is not None]
@@ -430,6 +426,20 @@ def report_cmd(
         for row in df.itertuples(index=False):
             table.add_row(*(str(v) for v in row))
         out.print(table)
+    _write_tables(rep, csv, markdown)
+
+
+def _warn_damaged(problems: list[str]) -> None:
+    """One warning per damaged part the store's reader left out, and what to do about it."""
+    for problem in problems:
+        console.print(f"[bold yellow]warning:[/] left out, damaged: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        console.print("[yellow]the figures below leave those batches out; rerun the same `vitlens compute` "
+                      "command to recompute exactly them[/]", highlight=False)
+
+
+def _write_tables(rep, csv: Optional[Path], markdown: Optional[Path]) -> None:
+    """A report's ``--csv`` and ``--markdown`` files (any object with ``to_csv`` and ``to_markdown``)."""
     if csv:
         rep.to_csv(csv)
         console.print(f"wrote {csv}")
@@ -444,8 +454,7 @@ def _print_shortcuts(store: Path, protocol: Optional[str], run_id: Optional[str]
     from compute.report import SHORTCUT_TABLES, SHORTCUT_TITLES, build_shortcuts
 
     rep = build_shortcuts(store, protocol=protocol, run_id=run_id, fill=fill, resamples=resamples, seed=seed)
-    for problem in rep.problems:
-        console.print(f"[bold yellow]warning:[/] left out, damaged: {problem}", highlight=False, soft_wrap=True)
+    _warn_damaged(rep.problems)
     if not rep.sections:
         given = ", ".join(f"{flag} {v}" for flag, v in (("--run", run_id), ("--cf-fill", fill)) if v is not None)
         raise ValueError(f"no counterfactual rows in {str(store)!r}" + (f" for {given}" if given else "")
@@ -466,12 +475,7 @@ def _print_shortcuts(store: Path, protocol: Optional[str], run_id: Optional[str]
             for row in df.itertuples(index=False):
                 table.add_row(*(str(v) for v in row))
             out.print(table)
-    if csv:
-        rep.to_csv(csv)
-        console.print(f"wrote {csv}")
-    if markdown:
-        Path(markdown).write_text(rep.to_markdown())
-        console.print(f"wrote {markdown}")
+    _write_tables(rep, csv, markdown)
 
 
 @app.command("dashboard")

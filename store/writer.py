@@ -20,10 +20,6 @@ ORPHAN_AGE = 600.0  # seconds
 SKIP_KEY = ("image_id", "stage", "reason")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, data)
-
-
 class StoreWriter:
     """Writes the parts of one run into ``out``, each batch committed by its record (:mod:`store.commits`).
 
@@ -164,7 +160,7 @@ class StoreWriter:
         folder = self.out / "runs" / self.run_id
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.json"
-        _atomic_write_bytes(path, json.dumps({**report, "run_id": self.run_id}, indent=2, default=str).encode())
+        atomic_write(path, json.dumps({**report, "run_id": self.run_id}, indent=2, default=str).encode())
         return path
 
     def write_manifest(self, manifest: dict) -> Path:
@@ -190,7 +186,7 @@ class StoreWriter:
             reports = _reports_of(previous) + manifest.get("reports", [])
             if reports:
                 merged["reports"] = reports
-            _atomic_write_bytes(path, json.dumps(merged, indent=2, default=str).encode())
+            atomic_write(path, json.dumps(merged, indent=2, default=str).encode())
         return path
 
     def write_report(self, report: dict) -> Path:
@@ -213,7 +209,7 @@ class StoreWriter:
             merged = {**previous, "run_id": self.run_id, "schema_version": SCHEMA_VERSION, "reports": reports,
                       "counts": {k: counts[k] for k in ("images", "skipped", "already_done", "rows")},
                       "timings": _summed_timings(reports)}
-            _atomic_write_bytes(path, json.dumps(merged, indent=2, default=str).encode())
+            atomic_write(path, json.dumps(merged, indent=2, default=str).encode())
         return path
 
 
