@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,8 +40,26 @@ class DemoConfig:
     batch_size: int = 32
 
 
-FULL = DemoConfig(data=SyntheticConfig(n_train=1600, n_eval=100), train=TrainConfig(epochs=8))
-SMALL = DemoConfig(data=SyntheticConfig(n_train=640, n_eval=24), train=TrainConfig(epochs=10))
+# The training mix. The demo needs a model that takes the shortcut *and* knows the shapes: on a conflict image
+# it must follow the cue (the failure the methods should expose), and with the cue removed it must fall back on
+# the shape, so that removing the cue takes the decision away. A model that knows only the cue (what the
+# generator's default mix, 90 % agreeing cues, teaches it) gives a near-random class once the cue is gone, and
+# that class is the cue's again on about a quarter of the images.
+# - Cue-free images are the only ones that teach shapes (wherever a cue is, it alone already fits the label), so
+#   they make up most of the set: CUE_SHARE of the images carry their own class's cue, the rest none.
+# - No training image carries another class's cue: a cue is always right, so the model lets it win over the shape.
+# - Shapes are slow to learn for a ViT trained from scratch: the loss on cue-free images stays at ln 4 for the
+#   first ~10-15 epochs, hence many epochs at a lower learning rate than the default. How well the shapes
+#   generalise grows with the number of cue-free images (measured, seed 0: 960 images never left chance, 1600
+#   reached 57 % on ``no_cue`` images, 2400 76 %, 3200 82 %), so ``--small`` trains the same model as the full
+#   demo and only explains fewer images.
+# - One thread: training is deterministic, and two deterministic threads on two busy cores wait on each other
+#   (an epoch took over a minute instead of seconds); one thread does not.
+CUE_SHARE = 0.25
+DEMO_DATA = SyntheticConfig(n_train=3200, cue_agreement=CUE_SHARE, off_cue_absent=1.0)
+DEMO_TRAIN = TrainConfig(epochs=40, lr=1e-3, threads=1)
+FULL = DemoConfig(data=replace(DEMO_DATA, n_eval=100), train=DEMO_TRAIN)
+SMALL = DemoConfig(data=replace(DEMO_DATA, n_eval=24), train=DEMO_TRAIN)
 
 
 def demo_config(small: bool = False) -> DemoConfig:

@@ -1,4 +1,5 @@
-"""The small ViT trained on the planted-cue set: it learns the shortcut, saves and loads through load_model."""
+"""The small ViT trained on the planted-cue set: it learns the shortcut and the shapes, saves and loads through
+load_model."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from compute.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
-# The small demo's model (640 training images, 10 epochs; ~11 s on two quiet cores). Bars:
+# The small demo's model (the demo's training: 3200 images, 40 epochs; measured 100 % aligned, 4 % conflict,
+# 83 % no_cue, 96 % of conflict images predicted as their cue's class). Bars:
 ALIGNED_AT_LEAST = 0.9     # reads the cue where it agrees with the object
 CONFLICT_BELOW = 0.4       # and follows it where it does not
 GAP_AT_LEAST = 0.5         # aligned - conflict
+FOLLOWS_CUE_AT_LEAST = 0.85  # the conflict errors are the cue's class, not noise
+NO_CUE_AT_LEAST = 0.6      # and it knows the shapes (chance: 0.25), which it falls back on without a cue
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +35,8 @@ def test_the_model_learned_the_cue_shortcut(prepared):
     assert acc["aligned"] >= ALIGNED_AT_LEAST, acc
     assert acc["conflict"] < CONFLICT_BELOW, acc
     assert acc["aligned"] - acc["conflict"] >= GAP_AT_LEAST, acc
-    # the conflict errors are the cue's class, not noise
-    assert prepared.training["cue_following"]["conflict"] >= 0.8, prepared.training
+    assert prepared.training["cue_following"]["conflict"] >= FOLLOWS_CUE_AT_LEAST, prepared.training
+    assert acc["no_cue"] >= NO_CUE_AT_LEAST, acc
     assert prepared.training["train_accuracy"] >= 0.85
 
 
