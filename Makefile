@@ -54,7 +54,7 @@ voc: install  ## download and verify Pascal VOC 2012 trainval into $(VOC_ROOT) (
 dashboard: install  ## browse the results store in $(OUT)
 	$(BIN)/vitlens dashboard --store $(OUT)
 
-demo: install  ## offline demo: planted-cue images, a small ViT trained here, every method, dashboard (~1 min)
+demo: install  ## offline demo: planted-cue images, a small ViT trained here, every method, dashboard (~4 min)
 	$(BIN)/vitlens demo --out $(OUT)/demo
 
 bench: install  ## throughput of every method (img/s) on this machine
