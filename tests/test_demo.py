@@ -12,6 +12,9 @@ from compute.data.synthetic import CLASSES
 
 pytestmark = pytest.mark.slow
 
+# of the 24 conflict images, those the model classifies as their cue's class (measured: FOLLOWED)
+FOLLOWED_AT_LEAST = 20
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
@@ -105,10 +108,10 @@ def test_demo_prints_the_shortcut_tables(demo_run):
 
 def test_removing_the_cue_takes_away_the_decisions_it_made(demo_run):
     """The ground truth the demo plants, measured by the ``no_cue`` variant: on conflict images the model
-    classified by their cue, removing the cue takes the decision away. The demo model has learnt the cue and
-    little of the shapes (chance on ``no_cue`` images), so without its cue an image gets a near-random class: the
-    top-1 stays the cue's class by chance on about a quarter of them, but the cue class's probability falls on
-    every one. ``no_cue`` images have no cue to remove: their variant is not made, and says why."""
+    classified by their cue, removing the cue takes the decision away. The demo model has learnt the shapes as
+    well as the cue, so without its cue a conflict image falls back on its shape, whose class is never the cue's:
+    the top-1 changes on (nearly) every one and the cue class's probability falls on every one. ``no_cue`` images
+    have no cue to remove: their variant is not made, and says why."""
     from store.query import connect
 
     out, _ = demo_run
@@ -120,8 +123,8 @@ def test_removing_the_cue_takes_away_the_decisions_it_made(demo_run):
         JOIN (SELECT DISTINCT run_id, image_id, protocol, pred_label FROM metrics) m USING (run_id, image_id, protocol)
         WHERE c.variant = 'no_cue' AND c.protocol = 'clean'""").df()
     followed = rows[(rows.grp == "conflict") & rows.by_cue.fillna(False).astype(bool)]
-    assert len(followed) >= 20  # the model follows the cue on (nearly) every conflict image
-    assert (~followed.same_top1.astype(bool)).mean() >= 2 / 3
+    assert len(followed) >= FOLLOWED_AT_LEAST  # the shortcut stays: the cue wins over the shape
+    assert (~followed.same_top1.astype(bool)).mean() >= 0.9
     assert (followed.score < followed.orig_score).all()
     assert (followed.score / followed.orig_score).median() < 0.25
     no_cue = rows[rows.grp == "no_cue"]
