@@ -4,7 +4,7 @@ Made for the synthetic planted-cue set (:mod:`compute.data.synthetic`), but it o
 gives: the label of an image is the single object class in its mask (mask index ``c`` → head class ``c - 1``).
 
 The model is timm's ``test_vit`` (patch 16, width 64, depth 6, 2 heads, MLP ratio 3, ~0.3 M parameters) at
-96 × 96 pixels, i.e. a 6 × 6 patch grid: small enough to train on two CPU cores in a minute or two, with
+96 × 96 pixels, i.e. a 6 × 6 patch grid: small enough to train on a CPU core in a few minutes, with
 the plain ViT blocks and class token every vitlens method reads. It is a stock timm name, so the checkpoint is
 loaded back exactly as a user loads one::
 
