@@ -333,6 +333,13 @@ def _threshold_free_stats(stats, values, img, gts, valids) -> None:
             _slot_stats(stats[:, u], label, 2 * bit, runs, all_valid=bool(valids[:, u].all()))
 
 
+def _bit(words: torch.Tensor, bit: int) -> torch.Tensor:
+    """0/1: bit ``bit`` of each of ``words`` (int32)."""
+    if _numpy_here(words):
+        return torch.from_numpy(np.right_shift(words.numpy(), bit) & 1)
+    return (words >> bit) & 1
+
+
 def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """Positions of the non-zero entries of the row-major flattened ``mask`` (on a CPU through NumPy)."""
     if _numpy_here(mask):
@@ -364,7 +371,7 @@ class _ValidCounts:
             self.upto_at = self.valid = None
             self.total = torch.full((M,), float(N), dtype=torch.float64, device=label.device)
         else:
-            valid = (label >> shift) & 1
+            valid = _bit(label, shift)
             upto_at = torch.cumsum(valid, dim=1, dtype=torch.int32)
             self.total = upto_at[:, -1].double()
             self.last_valid = torch.searchsorted(upto_at, upto_at[:, -1:].contiguous())[:, 0].clamp(max=N - 1)
@@ -393,7 +400,7 @@ def _slot_stats(out: torch.Tensor, label: torch.Tensor, shift: int, runs: _TieRu
     its own run and lower ones. Its mid-rank is ``(below + upto + 1) / 2``; its share of the top ``n_pos``
     pixels is its run's overlap with them, split evenly over the run's valid pixels."""
     M, N = label.shape
-    on_object = _flat_nonzero((label >> (shift + 1)) & 1)
+    on_object = _flat_nonzero(_bit(label, shift + 1))
     counts = _ValidCounts(label, shift, all_valid)
     n = counts.total
     row = on_object // N
