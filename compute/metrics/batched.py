@@ -14,11 +14,18 @@ bounded whatever the number of methods or the image size:
 - min-max normalisation and the Otsu histogram on the device; Otsu's choice of bin is then made on the CPU
   from the ``M × 256`` counts with scikit-image's own float32 arithmetic (:func:`store.maps.otsu_thresholds`),
   so the threshold is bit-for-bit the one ``skimage.filters.threshold_otsu`` returns;
-- confusion counts and relevance mass of each map against its own image's request masks (gathered per map);
-- threshold-free metrics: one sort per map, shared by every request; tie groups are found on the sorted
-  values and their pixel and object counts accumulated per request (void pixels weigh 0, which leaves the
-  groups of the valid pixels exactly as the reference forms them); mid-ranks, the top-``K`` cut and the
-  maximum's group then follow :mod:`compute.metrics.threshold_free` in float64;
+- the requests' masks: a request whose object and valid masks equal another's on the same image (``clean``
+  and ``report`` on an image of one class without void pixels) is scored once and its row copied;
+- confusion counts and relevance mass: per image, its maps times its masks as matrix products (binary maps
+  in float32, exact for 0/1 counts; masses in float64);
+- threshold-free metrics: one sort per map, shared by every request. Each pixel becomes a 64-bit key, its
+  value's float32 bits made order-preserving in the high word and every request's valid/object bits in the
+  low word, so a single sort of plain integers (NumPy's vectorised sort on a CPU, several times faster than
+  an argsort) yields the sorted values and, riding along, each request's masks. Tie groups are runs of
+  equal high words; per object pixel, the valid pixels below its group and up to its group's end give its
+  mid-rank and its share of the top-``K`` cut, and the maximum's group gives the pointing game — the
+  formulas of :mod:`compute.metrics.threshold_free` in float64 (void pixels weigh 0, which leaves the
+  groups of the valid pixels exactly as the reference forms them);
 - the cue family (only when a cue mask is given) from the same normalised and binary maps.
 
 Sums run in another order than NumPy's, so float64 results can differ from the reference in the last bits
@@ -27,6 +34,7 @@ Sums run in another order than NumPy's, so float64 results can differ from the r
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -40,14 +48,35 @@ from compute.metrics.threshold_free import THRESHOLD_FREE_COLUMNS
 from store.maps import OTSU_BINS, ground_truth, otsu_thresholds
 
 
-def _ground_truths(mask: np.ndarray, requests: Sequence[tuple[str, list[int] | None]], device: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[R, N]`` object masks (already restricted to valid pixels) and ``[R, N]`` valid masks on ``device``:
-    :func:`store.maps.ground_truth` of each request, the one definition of the protocols."""
-    pairs = [ground_truth(mask, protocol, classes) for protocol, classes in requests]
-    gts = np.stack([gt.reshape(-1) for gt, _ in pairs])
-    valids = np.stack([valid.reshape(-1) for _, valid in pairs])
-    return torch.from_numpy(gts).to(device), torch.from_numpy(valids).to(device)
+class _Masks:
+    """The distinct ground-truth masks of a chunk's images: a request whose object and valid masks equal an
+    earlier request's of the same image (``clean`` and ``report`` on an image of one class without void
+    pixels) is scored once, and its rows are copied.
+
+    ``gts`` and ``valids`` are ``[B, U, N]`` (``U`` the most distinct masks of any image; an image with fewer
+    has empty masks in its spare slots, which no row reads); ``slot[b][r]`` is request ``r``'s slot."""
+
+    def __init__(self, items: Sequence[Item], images: list[int], device: torch.device):
+        per_image, self.slot = [], []
+        for i in images:
+            mask = items[i][1].cpu().numpy() if torch.is_tensor(items[i][1]) else np.asarray(items[i][1])
+            distinct, slots = [], []
+            for protocol, classes in items[i][2]:
+                gt, valid = (m.reshape(-1) for m in ground_truth(mask, protocol, classes))
+                same = [u for u, (g, v) in enumerate(distinct) if np.array_equal(g, gt) and np.array_equal(v, valid)]
+                if not same:
+                    distinct.append((gt, valid))
+                slots.append(same[0] if same else len(distinct) - 1)
+            per_image.append(distinct)
+            self.slot.append(slots)
+        n = per_image[0][0][0].shape[0]
+        self.n_slots = max(len(d) for d in per_image)
+        gts = np.zeros((len(images), self.n_slots, n), dtype=bool)
+        valids = np.zeros_like(gts)
+        for b, distinct in enumerate(per_image):
+            for u, (gt, valid) in enumerate(distinct):
+                gts[b, u], valids[b, u] = gt, valid
+        self.gts, self.valids = torch.from_numpy(gts).to(device), torch.from_numpy(valids).to(device)
 
 
 def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], device: torch.device
@@ -95,7 +124,8 @@ def score_images(items: Sequence[Item], device: torch.device | str | None = None
     size (and the same number of requests, with or without a cue) go through each step as one tensor, in
     chunks of at most ``max_pixels`` map pixels, so the cost per image of a batch of small images is a few
     tensor operations, and memory is bounded whatever the number of maps or the image size. ``max_pixels``
-    defaults to :data:`MAX_PIXELS` on a GPU and :data:`MAX_PIXELS_CPU` on a CPU."""
+    defaults to :data:`MAX_PIXELS` on a GPU and :data:`MAX_PIXELS_CPU` on a CPU; on a CPU the work runs on
+    one thread (see :func:`_one_thread`)."""
     out: list[list[list[dict]]] = [[] for _ in items]
     groups: dict[tuple, list[int]] = {}
     for i, (maps, mask, requests, cue) in enumerate(items):
@@ -109,11 +139,30 @@ def score_images(items: Sequence[Item], device: torch.device | str | None = None
         step = max(1, limit // n)
         for start in range(0, len(pairs), step):
             chunk = pairs[start:start + step]
-            for (i, k), rows in zip(chunk, _score_chunk(items, chunk, size, dev)):
+            with _one_thread(dev):
+                scored = _score_chunk(items, chunk, size, dev)
+            for (i, k), rows in zip(chunk, scored):
                 if not out[i]:
                     out[i] = [None] * len(items[i][0])
                 out[i][k] = rows
     return out
+
+
+@contextmanager
+def _one_thread(device: torch.device):
+    """torch's intra-op threads set to one while a chunk is scored on a CPU. Scoring is many small tensor
+    operations, which a thread team barely speeds up; and when the cores are busy (the batch job's
+    background max-flow workers, data-loader workers, other jobs) its spinning threads slow every one of
+    them down, measured up to tenfold, where one thread keeps its pace."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _device_of(first_map, device) -> torch.device:
@@ -132,10 +181,8 @@ def _score_chunk(items: Sequence[Item], chunk: list[tuple[int, int]], size: tupl
     images = sorted({i for i, _ in chunk})
     slot = {i: b for b, i in enumerate(images)}
     img = torch.tensor([slot[i] for i, _ in chunk], device=device)    # [M] each map's image
-    truths = [_ground_truths(items[i][1].cpu().numpy() if torch.is_tensor(items[i][1]) else np.asarray(items[i][1]),
-                             items[i][2], device) for i in images]
-    gts, valids = torch.stack([t[0] for t in truths]), torch.stack([t[1] for t in truths])  # [B, R, N]
-    M, R, N = len(chunk), gts.shape[1], gts.shape[2]
+    masks = _Masks(items, images, device)
+    M, U, N = len(chunk), masks.n_slots, size[0] * size[1]
     values = _prepare([items[i][0][k] for i, k in chunk], size, device).reshape(M, N)   # raw upsampled
 
     # min-max normalisation; a constant map becomes zeros and marks no pixel
@@ -155,23 +202,32 @@ def _score_chunk(items: Sequence[Item], chunk: list[tuple[int, int]], size: tupl
     binary = (norm > torch.from_numpy(thresholds).to(device)[:, None]) & ~const[:, None]
 
     cues = _cues(items, images, N, device) if items[chunk[0][0]][3] is not None else None
-    stats = torch.full((M, R, 9 + (7 if cues is not None else 0)), float("nan"), dtype=torch.float64, device=device)
-    _mask_sums(stats, img, binary, values.clamp(min=0), norm, gts, valids, cues)
+    stats = torch.full((M, U, 9 + (7 if cues is not None else 0)), float("nan"), dtype=torch.float64, device=device)
+    _mask_sums(stats, img, binary, values.clamp(min=0), norm, masks.gts, masks.valids, cues)
     del norm
-    _threshold_free_stats(stats, values, img, gts, valids)
+    _threshold_free_stats(stats, values, img, masks.gts, masks.valids)
     table = stats.cpu().numpy()
 
+    return [_map_rows(table[m], masks.slot[slot[i]], items[i][2], None if const[m] else float(thresholds[m]))
+            for m, (i, _) in enumerate(chunk)]
+
+
+def _map_rows(table: np.ndarray, slots: list[int], requests, threshold: float | None) -> list[dict]:
+    """One map's rows, one per request, from its slots' ``table`` rows; requests that share a slot and are
+    both defined (or both undefined) share the same numbers, so the row is built once and copied."""
+    built: dict[tuple[int, bool], dict] = {}
     rows = []
-    for m, (i, _) in enumerate(chunk):
-        requests = items[i][2]
-        per_map = []
-        for r, (protocol, classes) in enumerate(requests):
-            row = _row(table[m, r], None if const[m] else float(thresholds[m]),
-                       undefined=classes is not None and len(classes) == 0 and protocol != "report")
-            if table.shape[2] > 9:
-                row.update(_cue_row(table[m, r, 9:], float(table[m, r, 1]), float(table[m, r, 2])))
-            per_map.append(row)
-        rows.append(per_map)
+    for u, (protocol, classes) in zip(slots, requests):
+        undefined = classes is not None and len(classes) == 0 and protocol != "report"
+        if (u, undefined) not in built:
+            s = table[u]
+            row = _row(s, threshold, undefined=undefined)
+            if len(s) > 9:
+                row.update(_cue_row(s[9:], float(s[1]), float(s[2])))
+            built[u, undefined] = row
+            rows.append(row)
+        else:
+            rows.append(dict(built[u, undefined]))
     return rows
 
 
@@ -188,62 +244,179 @@ def _cues(items: Sequence[Item], images: list[int], n: int, device: torch.device
 
 def _mask_sums(stats, img, binary, positive, norm, gts, valids, cues) -> None:
     """Columns 0-5 of ``stats`` (confusion counts and relevance mass) and, with ``cues``, 9-15 (the cue family's
-    sums, see :func:`_cue_row`): per image, its maps (binary, positive part, normalised) times each of its
-    request masks, as float64 matrix-vector products (0/1 counts are exact; sums are float64)."""
+    sums, see :func:`_cue_row`): per image, its maps times its slots' masks as matrix products — the binary
+    maps in float32 (0/1 counts below 2**24 are exact), the positive part and the normalised maps in float64."""
+    U, N = gts.shape[1], gts.shape[2]
+    exact = torch.float32 if N < 2**24 else torch.float64
     for b in range(gts.shape[0]):
         rows = (img == b).nonzero()[:, 0]
         if not len(rows):
             continue
-        k = len(rows)
-        maps = torch.cat([binary[rows], positive[rows], norm[rows]]).double()    # [3k, N]
-        for r in range(gts.shape[1]):
-            g, v = gts[b, r], valids[b, r]
-            on_v, on_g = maps @ v.double(), maps @ g.double()
-            stats[rows, r, 0], stats[rows, r, 1] = on_g[:k], on_v[:k]             # tp, predicted valid
-            stats[rows, r, 2], stats[rows, r, 3] = float(v.sum()), float(g.sum())
-            stats[rows, r, 4], stats[rows, r, 5] = on_v[k:2 * k], on_g[k:2 * k]   # mass total, on object
-            if cues is not None:
-                cue_r = cues[b] & v
-                obj_r = g & ~cue_r
-                on_cue, on_obj = maps @ cue_r.double(), maps @ obj_r.double()
-                stats[rows, r, 9], stats[rows, r, 10], stats[rows, r, 11] = on_v[2 * k:], on_cue[2 * k:], on_obj[2 * k:]
-                stats[rows, r, 12], stats[rows, r, 13] = on_cue[:k], on_obj[:k]
-                stats[rows, r, 14], stats[rows, r, 15] = float(cue_r.sum()), float(obj_r.sum())
+        masks = [valids[b], gts[b]]                                       # each [U, N]
+        if cues is not None:
+            on_cue = cues[b] & valids[b]
+            masks += [on_cue, gts[b] & ~on_cue]
+        columns = torch.cat(masks)                                        # [C·U, N]
+        wide = columns.double().T
+
+        def on(maps, cols, dtype=torch.float64):   # [k, masks, U]
+            return (maps[rows].to(dtype) @ cols).double().view(len(rows), -1, U)
+
+        binary_on = on(binary, columns.to(exact).T, exact)
+        positive_on = on(positive, wide[:, :2 * U])
+        sizes = columns.sum(dim=1).view(len(masks), U).double()
+        stats[rows, :, 0], stats[rows, :, 1] = binary_on[:, 1], binary_on[:, 0]   # tp, predicted valid
+        stats[rows, :, 2], stats[rows, :, 3] = sizes[0], sizes[1]                 # valid, object pixels
+        stats[rows, :, 4], stats[rows, :, 5] = positive_on[:, 0], positive_on[:, 1]   # mass total, on object
+        if cues is not None:
+            norm_on = on(norm, wide)
+            stats[rows, :, 9], stats[rows, :, 10], stats[rows, :, 11] = norm_on[:, 0], norm_on[:, 2], norm_on[:, 3]
+            stats[rows, :, 12], stats[rows, :, 13] = binary_on[:, 2], binary_on[:, 3]
+            stats[rows, :, 14], stats[rows, :, 15] = sizes[2], sizes[3]
+
+
+#: slots whose (valid, object) bits ride along one sort: two bits each in the low half of a 64-bit key
+SLOTS_PER_SORT = 16
+
+
+#: run the sort and the integer steps of the threshold-free scores through NumPy when the maps are on a CPU,
+#: where its vectorised kernels are several times faster than torch's (False: torch's, as on a GPU — the
+#: tests compare both)
+NUMPY_ON_CPU = True
+
+
+def _numpy_here(t: torch.Tensor) -> bool:
+    return NUMPY_ON_CPU and t.device.type == "cpu"
+
+
+def _sorted_keys(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[M, N, 2]`` int32: each map's pixels sorted by value, as 64-bit keys whose high word is the value's
+    float32 bits made into an order-preserving integer (negative values' magnitude bits flipped; -0.0 is
+    made +0.0 first, so that equal values give equal words) and whose low word is the pixel's ``labels``
+    (little-endian: word 0 is the low one). On a CPU the same keys are built and sorted in NumPy."""
+    M, N = values.shape
+    if _numpy_here(values):
+        bits = (values.numpy() + np.float32(0.0)).view(np.int32)
+        pair = np.empty((M, N, 2), dtype=np.int32)
+        flip = np.right_shift(bits, 31)
+        np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
+        np.bitwise_xor(bits, flip, out=pair[..., 1])
+        pair[..., 0] = labels.numpy()
+        keys = np.sort(pair.view(np.int64)[..., 0], axis=1)
+        return torch.from_numpy(keys).view(torch.int32).view(M, N, 2)
+    bits = (values + 0.0).view(torch.int32)
+    pair = torch.empty((M, N, 2), dtype=torch.int32, device=values.device)
+    pair[..., 1] = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    pair[..., 0] = labels
+    return torch.sort(pair.view(torch.int64)[..., 0], dim=1).values.view(torch.int32).view(M, N, 2)
 
 
 def _threshold_free_stats(stats, values, img, gts, valids) -> None:
     """Columns 6-8 of ``stats`` (pointing game, relevance rank, ROC-AUC): one sort per map, shared by every
-    request; tie groups counted per request (see the module doc)."""
+    slot; the slots' valid and object bits ride along in the sort keys, and tie groups are runs of equal
+    values (see the module doc). Slots without an object pixel in any image are left out (their rows
+    report no threshold-free score)."""
     M, N = values.shape
-    device = values.device
-    sv, order = torch.sort(values, dim=1)
-    new_group = torch.ones_like(sv, dtype=torch.bool)
-    new_group[:, 1:] = sv[:, 1:] != sv[:, :-1]
-    del sv
-    gid = ((torch.cumsum(new_group, dim=1) - 1) + torch.arange(M, device=device)[:, None] * N).reshape(-1)
-    del new_group
-    ar = torch.arange(N, device=device)
-    counts = torch.float32 if N < 2**24 else torch.float64                # integer counts, exact either way
-    at = (order + img[:, None] * N).reshape(-1)                         # each sorted pixel in its image's masks
-    for r in range(gts.shape[1]):
-        w = valids[:, r].reshape(-1)[at].to(counts)
-        h = gts[:, r].reshape(-1)[at].to(counts)
-        c = torch.zeros(M * N, dtype=counts, device=device).index_add_(0, gid, w).view(M, N)
-        hits = torch.zeros(M * N, dtype=counts, device=device).index_add_(0, gid, h).view(M, N)
-        del w, h
-        n_pos, n = hits.sum(dim=1, dtype=torch.float64), c.sum(dim=1, dtype=torch.float64)
-        last = ((c > 0) * ar).amax(dim=1, keepdim=True)                  # the maximum's group
-        stats[:, r, 6] = hits.gather(1, last)[:, 0].double() / c.gather(1, last)[:, 0].double().clamp(min=1.0)
-        incl = torch.cumsum(c, dim=1)                                    # valid pixels in groups <= g
-        # only groups with object pixels contribute below: take them alone, in float64
-        m_idx, g_idx = (hits > 0).nonzero(as_tuple=True)
-        hv, cv, iv = (t[m_idx, g_idx].double() for t in (hits, c, incl))
-        del c, hits, incl
-        take = torch.minimum((n_pos[m_idx] - (n[m_idx] - iv)).clamp_(min=0.0), cv)  # share of the top n_pos
-        zero = torch.zeros(M, dtype=torch.float64, device=device)
-        stats[:, r, 7] = zero.index_add(0, m_idx, hv * take / cv) / n_pos
-        rank_sum = zero.index_add(0, m_idx, hv * (iv - (cv - 1.0) / 2.0))  # mid-rank of each group, 1-based
-        stats[:, r, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
+    for first in range(0, gts.shape[1], SLOTS_PER_SORT):
+        slots = [u for u in range(first, min(first + SLOTS_PER_SORT, gts.shape[1])) if bool(gts[:, u].any())]
+        if not slots:
+            continue
+        labels = torch.zeros(gts.shape[0], N, dtype=torch.int32, device=values.device)
+        for bit, u in enumerate(slots):
+            labels |= (valids[:, u].int() << (2 * bit)) | (gts[:, u].int() << (2 * bit + 1))
+        keys = _sorted_keys(values, labels[img])
+        value, label = keys[..., 1], keys[..., 0]
+        new_run = torch.ones((M, N), dtype=torch.bool, device=values.device)
+        new_run[:, 1:] = value[:, 1:] != value[:, :-1]
+        runs = _TieRuns(new_run.reshape(-1), N)
+        for bit, u in enumerate(slots):
+            _slot_stats(stats[:, u], label, 2 * bit, runs, all_valid=bool(valids[:, u].all()))
+
+
+def _bit(words: torch.Tensor, bit: int) -> torch.Tensor:
+    """0/1: bit ``bit`` of each of ``words`` (int32)."""
+    if _numpy_here(words):
+        return torch.from_numpy(np.right_shift(words.numpy(), bit) & 1)
+    return (words >> bit) & 1
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of the non-zero entries of the row-major flattened ``mask`` (on a CPU through NumPy)."""
+    if _numpy_here(mask):
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.reshape(-1).nonzero()[:, 0]
+
+
+class _TieRuns:
+    """Runs of equal values in the row-major flattened sorted keys (every row starts a new run): each
+    position's run, and each run's first and last position."""
+
+    def __init__(self, starts_run: torch.Tensor, row_length: int):
+        self.of = torch.cumsum(starts_run, dim=0) - 1
+        self.first = _flat_nonzero(starts_run)
+        self.last = torch.empty_like(self.first)
+        self.last[:-1] = self.first[1:] - 1
+        self.last[-1] = len(starts_run) - 1
+        self.row_length = row_length
+
+
+class _ValidCounts:
+    """How many valid pixels lie at or before each sorted position of each map (a running count; the
+    position itself plus one when every pixel is valid, as under ``report``)."""
+
+    def __init__(self, label: torch.Tensor, shift: int, all_valid: bool):
+        M, N = label.shape
+        self.N = N
+        if all_valid:
+            self.upto_at = self.valid = None
+            self.total = torch.full((M,), float(N), dtype=torch.float64, device=label.device)
+        else:
+            valid = _bit(label, shift)
+            upto_at = torch.cumsum(valid, dim=1, dtype=torch.int32)
+            self.total = upto_at[:, -1].double()
+            self.last_valid = torch.searchsorted(upto_at, upto_at[:, -1:].contiguous())[:, 0].clamp(max=N - 1)
+            self.upto_at, self.valid = upto_at.reshape(-1), valid.reshape(-1)
+
+    def run_bounds(self, runs: _TieRuns, run: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Valid pixels in lower runs and up to the end of each ``run`` (flat run ids), in float64."""
+        first, last = runs.first[run], runs.last[run]
+        if self.upto_at is None:
+            return (first % self.N).double(), (last % self.N + 1).double()
+        return (self.upto_at[first] - self.valid[first]).double(), self.upto_at[last].double()
+
+    def top_positions(self, M: int) -> torch.Tensor:
+        """Each map's highest sorted position that is valid."""
+        if self.upto_at is None:
+            return torch.full((M,), self.N - 1, dtype=torch.int64, device=self.total.device)
+        return self.last_valid
+
+
+def _slot_stats(out: torch.Tensor, label: torch.Tensor, shift: int, runs: _TieRuns, all_valid: bool) -> None:
+    """Pointing game, relevance rank and ROC-AUC of every map against one slot's masks, whose valid and
+    object bits are at ``shift`` and ``shift + 1`` of the sorted pixels' ``label`` words; written to
+    ``out[:, 6:9]``.
+
+    Per object pixel (object pixels are valid): ``below`` valid pixels lie in lower tie runs, ``upto`` in
+    its own run and lower ones. Its mid-rank is ``(below + upto + 1) / 2``; its share of the top ``n_pos``
+    pixels is its run's overlap with them, split evenly over the run's valid pixels."""
+    M, N = label.shape
+    on_object = _flat_nonzero(_bit(label, shift + 1))
+    counts = _ValidCounts(label, shift, all_valid)
+    n = counts.total
+    row = on_object // N
+    run = runs.of[on_object]
+    below, upto = counts.run_bounds(runs, run)
+    in_run = upto - below
+    zero = torch.zeros(M, dtype=torch.float64, device=label.device)
+    n_pos = zero.index_add(0, row, torch.ones_like(below))
+    # pointing game: the object's share of the highest run holding a valid pixel
+    top = runs.of[torch.arange(M, device=label.device) * N + counts.top_positions(M)]
+    top_below, top_upto = counts.run_bounds(runs, top)
+    out[:, 6] = zero.index_add(0, row, (run == top[row]).double()) / (top_upto - top_below).clamp(min=1.0)
+    take = torch.minimum((n_pos[row] - (n[row] - upto)).clamp(min=0.0), in_run)
+    out[:, 7] = zero.index_add(0, row, take / in_run) / n_pos
+    rank_sum = zero.index_add(0, row, (below + upto + 1.0) / 2.0)
+    out[:, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
 
 
 def _row(s: np.ndarray, threshold: float | None, undefined: bool) -> dict:

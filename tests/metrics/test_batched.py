@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compute.metrics import score
-from compute.metrics.batched import score_image
+from compute.metrics.batched import score_image, score_images
 
 REQUESTS = [("report", None), ("clean", None), ("clean", [8]), ("clean", [3, 8]), ("clean", []), ("clean", [15])]
 
@@ -42,7 +42,15 @@ def _maps(rng, size) -> list[np.ndarray]:
         np.full((14, 14), 7.5, np.float32),                              # constant
         np.zeros((14, 14), np.float32),
         np.eye(14, dtype=np.float32),
+        _signed_zeros(rng, size),
     ]
+
+
+def _signed_zeros(rng, size) -> np.ndarray:
+    """-1, 0 and 1 at pixel resolution, half of the zeros negative: -0.0 and +0.0 are one tie group."""
+    m = np.round(rng.random(size) * 2).astype(np.float32) - np.float32(1.0)
+    m[(m == 0) & (rng.random(size) < 0.5)] = np.float32(-0.0)
+    return m
 
 
 def _assert_rows_equal(got: dict, want: dict, where: str) -> None:
@@ -108,6 +116,38 @@ def test_one_map_at_a_time_equals_all_together():
     together = score_image(maps, mask, REQUESTS)
     for k, m in enumerate(maps):
         assert score_image([m], mask, REQUESTS)[0] == together[k]
+
+
+def test_images_whose_requests_share_masks_or_not_are_scored_together():
+    """``clean`` without classes and ``report`` give the same masks on an image without void pixels (scored
+    once, rows copied) but not on one with a void band; both kinds of image in one call."""
+    rng = np.random.default_rng(9)
+    plain = _mask(rng, (40, 52), "background")
+    plain[5:20, 10:30] = 8
+    voided = _mask(rng, (40, 52))
+    requests = [("report", None), ("clean", None), ("clean", [8]), ("clean", [])]
+    maps = [[torch.from_numpy(m) for m in _maps(rng, (40, 52))] for _ in range(2)]
+    got = score_images([(maps[0], plain, requests, None), (maps[1], voided, requests, None)], max_pixels=1 << 13)
+    for image, mask in enumerate((plain, voided)):
+        for k, m in enumerate(maps[image]):
+            for r, (protocol, classes) in enumerate(requests):
+                want = score(m.numpy(), mask, protocol, gt_classes=classes)
+                _assert_rows_equal(got[image][k][r], want, f"image {image} map {k} {protocol} {classes}")
+    assert got[0][0][0] is not got[0][0][1]  # a copy: a caller may change one row
+
+
+def test_the_device_path_run_on_a_cpu_gives_the_same_rows(monkeypatch):
+    """The GPU code path (torch's sort and integer steps) and the CPU one (NumPy's) agree exactly."""
+    import compute.metrics.batched as batched
+
+    rng = np.random.default_rng(13)
+    mask = _mask(rng, (60, 45))
+    cue = np.zeros((60, 45), bool)
+    cue[2:9, 30:40] = True
+    maps = [torch.from_numpy(m) for m in _maps(rng, (60, 45))]
+    numpy_rows = score_image(maps, mask, REQUESTS, cue=cue)
+    monkeypatch.setattr(batched, "NUMPY_ON_CPU", False)
+    assert score_image(maps, mask, REQUESTS, cue=cue) == numpy_rows
 
 
 def test_bad_input_is_named():
