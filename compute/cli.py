@@ -497,7 +497,8 @@ def dashboard_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("results/demo"), "--out", help="Folder for the generated data, model and store."),
     no_dashboard: bool = typer.Option(False, "--no-dashboard", help="Only build the store; print its path."),
-    small: bool = typer.Option(False, "--small", help="Explain 24 evaluation images per group instead of 100 (the same data and model; smoke test)."),
+    small: bool = typer.Option(False, "--small", help="Explain 24 evaluation images per group instead of 100 "
+                                                        "(the same data and model; smoke test)."),
     port: int = typer.Option(8501, "--port", help="Dashboard port."),
 ):
     """Offline demo: synthetic images with a planted cue, a small ViT trained on them, every method, dashboard."""
