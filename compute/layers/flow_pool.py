@@ -77,8 +77,13 @@ def available_cores() -> int:
 
 
 def batched_layered_max_flows(caps, sources, sink: int = 0, *, workers: int = 1, tiers=DEFAULT_TIERS,
-                              rtol: float = DEFAULT_RTOL) -> np.ndarray:
+                              rtol: float = DEFAULT_RTOL, in_process: bool | None = None) -> np.ndarray:
     """``[B, L, N, N]`` networks -> ``[B, len(sources)]`` maximum flows, in ``workers`` processes.
+
+    ``in_process``: solve in this process (by default when ``workers`` is 1). ``False`` sends even one
+    worker's share to a process: a caller on a background thread (the batch job's) would otherwise hold the
+    interpreter lock through the solver's Python loops, and the main thread's many short tensor operations
+    would each wait for it.
 
     Every value is computed on its own (the path a source takes inside a process changes only the time), so
     the result does not depend on ``workers`` or on how the work is split.
@@ -87,8 +92,10 @@ def batched_layered_max_flows(caps, sources, sink: int = 0, *, workers: int = 1,
     sources = np.asarray(sources, dtype=np.int64)
     B = caps.shape[0]
     out = np.zeros((B, sources.size))
-    workers = int(workers)
-    if workers <= 1 or B * sources.size <= 1:
+    workers = max(1, int(workers))
+    if in_process is None:
+        in_process = workers == 1
+    if in_process or B * sources.size <= 1:
         for b in range(B):
             out[b] = layered_max_flows(caps[b], sources, sink, tiers=tiers, rtol=rtol)
         return out
@@ -107,7 +114,7 @@ def batched_layered_max_flows(caps, sources, sink: int = 0, *, workers: int = 1,
                 jobs.append((b, start, pool.submit(_task, caps[b], part, sink, tiers, rtol)))
                 start += part.size
     except (OSError, RuntimeError, AssertionError):  # no child processes here (e.g. in a daemonic process)
-        return batched_layered_max_flows(caps, sources, sink, workers=1, tiers=tiers, rtol=rtol)
+        return batched_layered_max_flows(caps, sources, sink, workers=1, tiers=tiers, rtol=rtol, in_process=True)
     try:
         for b, start, fut in jobs:
             vals = fut.result()

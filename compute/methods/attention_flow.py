@@ -66,7 +66,12 @@ class AttentionFlow(Method):
         return min(available_cores(), 32)
 
     def deferred(self, cap):
-        """Capacities now (on the capture's device), the maximum flows later (CPU processes)."""
+        """Capacities now (on the capture's device), the maximum flows later, always in worker processes: the
+        batch job finishes them on a background thread, where solving in this process would hold the
+        interpreter lock against the main thread's work."""
+        return self._solver(cap, in_process=False)
+
+    def _solver(self, cap, in_process: bool | None):
         if not cap.attn:
             raise MethodError("attention_flow needs the attention of at least one block")
         caps = flow_capacities(cap.attn, self.options["head_fusion"], self.options["residual"])
@@ -77,10 +82,11 @@ class AttentionFlow(Method):
 
         def solve() -> torch.Tensor:
             sources = np.arange(prefix, N)
-            values = batched_layered_max_flows(caps, sources, sink=0, workers=self._workers(B, sources.size, L, N))
+            values = batched_layered_max_flows(caps, sources, sink=0, workers=self._workers(B, sources.size, L, N),
+                                               in_process=in_process)
             return torch.from_numpy(values).to(dtype).reshape(B, gh, gw)
 
         return solve
 
     def __call__(self, cap):
-        return self.deferred(cap)().to(cap.attn[0].device)
+        return self._solver(cap, in_process=None)().to(cap.attn[0].device)

@@ -56,6 +56,25 @@ def test_results_do_not_depend_on_workers(tiny_vit, images):
     assert torch.equal(serial, get_method("attention_flow")(cap))
 
 
+def test_the_deferred_part_solves_in_worker_processes_even_when_small(tiny_vit, images, monkeypatch):
+    """The batch job finishes ``deferred`` on a background thread: solving there in this process would hold
+    the interpreter lock against the main thread. A batch small enough for one worker still goes to a
+    process (whose solver is not the one broken here), and gives the maps a direct call gives."""
+    import compute.layers.flow_pool as flow_pool
+
+    cap = capture(tiny_vit, images, {"attn"})
+    method = get_method("attention_flow")
+    direct = method(cap)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("solved in the calling process")
+
+    monkeypatch.setattr(flow_pool, "layered_max_flows", not_here)
+    assert torch.equal(method.deferred(cap)().to(direct.dtype), direct)
+    with pytest.raises(AssertionError, match="calling process"):
+        method(cap)  # a direct call of a small batch solves here
+
+
 def test_flow_is_bounded_by_the_trivial_cuts(tiny_vit, images):
     """Flow out of a patch <= its arcs out of layer 0; into the class token <= 1 (a normalised row)."""
     cap = capture(tiny_vit, images, {"attn"})
