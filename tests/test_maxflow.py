@@ -265,3 +265,35 @@ def test_results_do_not_depend_on_workers_or_splitting():
     # the path a source takes (which tiers, in which order) changes nothing either
     assert np.array_equal(serial[1], layered_max_flows(caps[1], sources, 0, tiers=()))
     assert np.array_equal(serial[1], layered_max_flows(caps[1], sources[::-1], 0)[::-1])
+
+
+def test_a_pool_whose_worker_died_is_replaced_not_reused(monkeypatch):
+    """A cached pool broken since its last use (a worker killed, out of memory) is replaced by a fresh one
+    for the next solve, which then still runs in worker processes (the calling process's solver is broken
+    here on purpose)."""
+    import os
+    import signal
+    import time
+
+    import compute.layers.flow_pool as flow_pool
+
+    rng = np.random.default_rng(5)
+    caps = np.stack([attention_like(rng, L=3, N=12, temperature=1.0) for _ in range(2)])
+    sources = np.arange(1, 12)
+    want = batched_layered_max_flows(caps, sources, 0, workers=1)
+    pool = flow_pool._pool(1)
+    assert np.array_equal(batched_layered_max_flows(caps, sources, 0, workers=1, in_process=False), want)
+    for pid in list(pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(100):  # the pool notices the death on its management thread
+        if pool._broken:
+            break
+        time.sleep(0.05)
+    assert pool._broken
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("solved in the calling process")
+
+    monkeypatch.setattr(flow_pool, "layered_max_flows", not_here)
+    assert np.array_equal(batched_layered_max_flows(caps, sources, 0, workers=1, in_process=False), want)
+    assert flow_pool._pool(1) is not pool

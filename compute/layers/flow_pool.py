@@ -32,6 +32,8 @@ def _pool_locked(workers: int):
 
     from compute.children import end_with_parent
 
+    if getattr(_POOLS.get(workers), "_broken", False):  # a worker of it died (killed, out of memory) since
+        _POOLS.pop(workers).shutdown(wait=False, cancel_futures=True)
     if workers not in _POOLS:
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         ctx = mp.get_context(method)
