@@ -35,19 +35,30 @@ def fills(store: str, fp: str, run_id: str) -> tuple[str, ...]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def reliance(store: str, fp: str, run_id: str, protocol: str, fill: str | None = None) -> pd.DataFrame:
+    """The run's decisions under a protocol and fill (store.shortcuts.reliance): the one query every table of
+    the page is computed from."""
     return data._run(store, fp, shortcuts.reliance, run_id, protocol, fill)
 
 
-#: the page's tables, each a function of (connection, run_id, protocol, resamples=...) in store.shortcuts; the
-#: method-trust table has its own entry (:func:`method_trust`)
-STATISTICS = {"context_share": shortcuts.context_share_by_class, "bg_gap": shortcuts.bg_gap,
-              "cue_trust": shortcuts.cue_trust}
+@st.cache_data(max_entries=32, show_spinner=False)
+def method_rows(store: str, fp: str, run_id: str, protocol: str, fill: str | None = None) -> pd.DataFrame:
+    """The decisions of :func:`reliance` joined with each method's map masses (store.shortcuts.method_rows):
+    the method-trust and cue tables' rows, fetched once for both and for either interval."""
+    return data._run(store, fp, shortcuts.method_rows, reliance(store, fp, run_id, protocol, fill), run_id, protocol)
+
+
+#: the page's tables: name -> (the cached rows it is computed from, the store.shortcuts function of those rows,
+#: called with resamples=...); the method-trust table has its own entry (:func:`method_trust`)
+STATISTICS = {"context_share": (reliance, shortcuts.context_share_table), "bg_gap": (reliance, shortcuts.bg_gap_table),
+              "cue_trust": (method_rows, shortcuts.cue_trust_table)}
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def statistic(store: str, fp: str, run_id: str, protocol: str, name: str, fill: str | None = None) -> pd.DataFrame:
-    """One of :data:`STATISTICS` of a run under a protocol and fill, with :data:`RESAMPLES` bootstrap resamples."""
-    return data._run(store, fp, STATISTICS[name], run_id, protocol, resamples=RESAMPLES, fill=fill)
+    """One of :data:`STATISTICS` of a run under a protocol and fill, with :data:`RESAMPLES` bootstrap resamples:
+    the numbers of store.shortcuts' function of the same name (``vitlens report --shortcuts``)."""
+    rows, table = STATISTICS[name]
+    return table(rows(store, fp, run_id, protocol, fill), resamples=RESAMPLES)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -55,8 +66,8 @@ def method_trust(store: str, fp: str, run_id: str, protocol: str, interval: str,
                  fill: str | None = None) -> pd.DataFrame:
     """The method-trust table with ``interval`` "normal" (instant) or "bootstrap" (as the report, seconds on a
     large store; store.trust)."""
-    return data._run(store, fp, trust.method_trust, run_id, protocol, resamples=RESAMPLES, interval=interval,
-                     fill=fill)
+    return trust.method_trust_table(method_rows(store, fp, run_id, protocol, fill), resamples=RESAMPLES,
+                                    interval=interval)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -72,6 +72,24 @@ def shown_interval(low, high) -> str:
     return "–" if low != low or high != high else f"[{low:.2f}, {high:.2f}]"
 
 
+def test_page_statistics_are_the_reports_to_the_last_bit(cf_store):
+    """The page computes every table from one fetch of the decisions; the numbers are those of the store
+    functions `vitlens report --shortcuts` calls, each of which runs its own queries."""
+    from dashboard import data, data_cf
+
+    store, fp = str(cf_store), data.fingerprint(str(cf_store))
+    con = connect(cf_store)
+    for protocol in ("clean", "report"):
+        for name, fn in (("context_share", shortcuts.context_share_by_class), ("bg_gap", shortcuts.bg_gap),
+                         ("cue_trust", shortcuts.cue_trust)):
+            want = fn(con, A, protocol, resamples=data_cf.RESAMPLES)
+            assert data_cf.statistic(store, fp, A, protocol, name).equals(want), (protocol, name)
+        for interval in trust.INTERVALS:
+            want = trust.method_trust(con, A, protocol, resamples=data_cf.RESAMPLES, interval=interval)
+            assert data_cf.method_trust(store, fp, A, protocol, interval).equals(want), (protocol, interval)
+    con.close()
+
+
 def test_method_trust_intervals_follow_the_switch(cf_store, app_at):
     at = goto(app_at(cf_store, protocol="clean"), "shortcuts")
     con = connect(cf_store)
