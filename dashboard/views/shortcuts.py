@@ -8,9 +8,13 @@ methods; the method-trust leaderboard; on stores with planted cues, the cue view
 :mod:`store.shortcuts`.
 """
 
+import threading
+from concurrent.futures import Future
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from dashboard import common, data, data_cf
 from dashboard import urlstate as us
@@ -271,6 +275,30 @@ def choose_fill() -> str | None:
                          "with the fill is a verdict about the fill.")
 
 
+def compute_tables_meanwhile(cues: bool) -> Future:
+    """Start the tables' statistics (their store queries and bootstrap resamples) on a worker thread and return
+    its future. Both mostly run outside the GIL (DuckDB, NumPy), so on a protocol or fill not seen before they
+    overlap with the drawing of the evidence pictures instead of adding to it; a later call of the same cached
+    function is then a cache hit. The method-trust table itself is left to the page (its interval follows a
+    toggle), only its rows are fetched here."""
+    done: Future = Future()
+    ctx = get_script_run_ctx()
+    args = (view.store, view.fp, view.run_id, protocol)
+
+    def compute() -> None:
+        add_script_run_ctx(threading.current_thread(), ctx)
+        try:
+            for name in ("context_share", "bg_gap", *(("cue_trust",) if cues else ())):
+                data_cf.statistic(*args, name, FILL)
+            data_cf.method_rows(*args, FILL)
+            done.set_result(None)
+        except BaseException as e:  # noqa: BLE001 (re-raised on the page's thread by done.result())
+            done.set_exception(e)
+
+    threading.Thread(target=compute, name="shortcuts-tables", daemon=True).start()
+    return done
+
+
 stored = data_cf.stored_variants(view.store, view.fp, view.run_id)
 if not stored:
     no_counterfactuals()
@@ -280,8 +308,13 @@ else:
     if decisions.empty:
         st.info(f"No counterfactual rows under protocol **{protocol}**: choose another in the sidebar.")
     else:
-        per_class_section()
-        trust_section()
-        if "no_cue" in stored:  # planted cues: the data's own ground truth of a shortcut
-            cue_section()
-        evidence_section(decisions)
+        tables_ready = compute_tables_meanwhile("no_cue" in stored)
+        tables, below = st.container(), st.container()
+        with below:  # the evidence is drawn first, below the tables, while their statistics are computed
+            evidence_section(decisions)
+        tables_ready.result()
+        with tables:
+            per_class_section()
+            trust_section()
+            if "no_cue" in stored:  # planted cues: the data's own ground truth of a shortcut
+                cue_section()

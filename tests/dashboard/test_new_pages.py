@@ -72,6 +72,16 @@ def shown_interval(low, high) -> str:
     return "–" if low != low or high != high else f"[{low:.2f}, {high:.2f}]"
 
 
+def test_tables_stay_above_the_evidence_drawn_before_them(cf_store, app_at):
+    """The page draws the evidence pictures while a worker computes the tables' statistics, into containers
+    laid out in the page's reading order."""
+    at = goto(app_at(cf_store, protocol="clean"), "shortcuts")
+    assert [h.value for h in at.subheader] == ["Context-driven decisions per class",
+                                               "Which explanation exposes shortcuts best", "Planted cue",
+                                               "Images ranked by evidence"]
+    assert not at.exception
+
+
 def test_page_statistics_are_the_reports_to_the_last_bit(cf_store):
     """The page computes every table from one fetch of the decisions; the numbers are those of the store
     functions `vitlens report --shortcuts` calls, each of which runs its own queries."""
