@@ -73,7 +73,7 @@ def shown_interval(low, high) -> str:
 
 
 def test_tables_stay_above_the_evidence_drawn_before_them(cf_store, app_at):
-    """The page draws the evidence pictures while a worker computes the tables' statistics, into containers
+    """The page draws the evidence pictures while a worker computes the statistics above them, into containers
     laid out in the page's reading order."""
     at = goto(app_at(cf_store, protocol="clean"), "shortcuts")
     assert [h.value for h in at.subheader] == ["Context-driven decisions per class",
