@@ -8,6 +8,7 @@ its own cursor of the store's one cached connection.
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -78,18 +79,30 @@ def outcomes(store: str, fp: str, run_id: str, ids: tuple[str, ...], protocol: s
 
 def _pixels(rec: dict, size_hw: tuple[int, int] | None = None):
     """(rgb uint8, class-index mask, cue mask or None; both masks at full size) of an images row; the picture
-    shrunk to fit :data:`VARIANT_SIZE`, or resized to ``size_hw`` when given."""
+    shrunk to fit :data:`VARIANT_SIZE`, or resized to ``size_hw`` when given. Read-only: they are decoded once
+    (:func:`_decoded`) for all the variants of an image and its uses as another image's partner."""
+    return _decoded(rec["thumbnail"], rec.get("mask_png"), rec.get("cue_png"),
+                    None if size_hw is None else tuple(size_hw))
+
+
+@lru_cache(maxsize=64)
+def _decoded(thumbnail: bytes, mask_png: bytes | None, cue_png: bytes | None, size_hw: tuple[int, int] | None):
+    """:func:`_pixels` of the row's blobs, cached by their bytes (a page shows a few dozen pictures of at most
+    twenty images)."""
     from PIL import Image
 
     from dashboard.overlay import decode_image, decode_mask
 
-    image = decode_image(rec["thumbnail"])
+    image = decode_image(thumbnail)
     if size_hw is None:
         image.thumbnail((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
-    elif (image.height, image.width) != tuple(size_hw):
+    elif (image.height, image.width) != size_hw:
         image = image.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
-    rgb = np.asarray(image, dtype=np.uint8)
-    return rgb, decode_mask(rec.get("mask_png")), decode_mask(rec.get("cue_png"))
+    pixels = (np.asarray(image, dtype=np.uint8), decode_mask(mask_png), decode_mask(cue_png))
+    for a in pixels:
+        if a is not None:
+            a.setflags(write=False)
+    return pixels
 
 
 def _region(mask: np.ndarray, protocol: str, gt_target: str | None, names, size_hw) -> np.ndarray:

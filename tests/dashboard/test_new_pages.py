@@ -4,6 +4,7 @@ store's own queries, follows the filters, and a link restores the view."""
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -221,3 +222,31 @@ def test_a_run_with_two_fills_shows_the_one_picked(tmp_path, app_at):
     shown = table(at, "context_share_table").set_index("gt_target")
     assert shown["context_driven"].to_dict() == gray.set_index("gt_target")["context_driven"].to_dict()
     assert "sc_fill" not in at.query_params  # the default fill is left out of the link
+
+
+def test_each_images_pixels_are_decoded_once_for_all_its_variants(cf_store, monkeypatch):
+    """The variants of an image, and its use as a partner at another size, share one decoding per size; what
+    they share is the decoded picture itself, and read-only."""
+    import numpy as np
+    from PIL import Image
+
+    from dashboard import data_cf, overlay
+    from store.query import images_for
+
+    con = connect(cf_store)
+    image_id = con.execute("SELECT min(image_id) FROM images WHERE mask_png IS NOT NULL").fetchone()[0]
+    rec = {k: bytes(v) if isinstance(v, (bytes, bytearray)) else v
+           for k, v in images_for(con, A, [image_id])[image_id].items()}
+    decoded = []
+    monkeypatch.setattr(overlay, "decode_image",
+                        lambda b: decoded.append(b) or Image.open(io.BytesIO(b)).convert("RGB"))
+    data_cf._decoded.cache_clear()
+    rgb, mask, _ = data_cf._pixels(rec)
+    want = Image.open(io.BytesIO(rec["thumbnail"])).convert("RGB")
+    want.thumbnail((data_cf.VARIANT_SIZE, data_cf.VARIANT_SIZE), Image.BILINEAR)
+    assert np.array_equal(rgb, np.asarray(want)) and np.array_equal(mask, overlay.decode_mask(rec["mask_png"]))
+    assert data_cf._pixels(rec)[0] is rgb and len(decoded) == 1
+    small = data_cf._pixels(rec, (20, 30))[0]
+    assert small.shape == (20, 30, 3) and data_cf._pixels(rec, [20, 30])[0] is small and len(decoded) == 2
+    with pytest.raises(ValueError):
+        rgb[0, 0] = 0
