@@ -156,6 +156,7 @@ def _time(fn, repeat: int = 1) -> tuple[float, object]:
 def bench_queries(store: Path) -> list[tuple[str, float, float]]:
     """(query, cold seconds, warm seconds) of every query a page runs."""
     from store import query as q
+    from store import shortcuts, trust
 
     t_connect, con = _time(lambda: q.connect(store))
     known = q.metric_columns(con)
@@ -178,6 +179,11 @@ def bench_queries(store: Path) -> list[tuple[str, float, float]]:
         ("rows_for_images (8)", lambda: q.rows_for_images(con, f, page_ids, known)),
         ("images_for (8)", lambda: q.images_for(con, RUN_ID, page_ids)),
         ("heatmaps_for (8 × 3)", lambda: q.heatmaps_for(con, RUN_ID, page_ids, list(METHODS[:3]))),
+        # the Shortcuts page's statistics (store.shortcuts), each from the store as `vitlens report` runs them
+        ("shortcuts: reliance", lambda: shortcuts.reliance(con, RUN_ID, "report")),
+        ("shortcuts: context share + 1000×", lambda: shortcuts.context_share_by_class(con, RUN_ID, "report")),
+        ("shortcuts: bg_gap + 1000×", lambda: shortcuts.bg_gap(con, RUN_ID, "report")),
+        ("shortcuts: method trust (normal)", lambda: trust.method_trust(con, RUN_ID, "report", interval="normal")),
     ]
     out = [("connect (views over the parts)", t_connect, t_connect)]
     for name, fn in calls:
@@ -188,7 +194,7 @@ def bench_queries(store: Path) -> list[tuple[str, float, float]]:
     return out
 
 
-def bench_pages(store: Path, changes: int = 4) -> list[tuple[str, float, list[float], list[float]]]:
+def bench_pages(store: Path, changes: int = 4, pages=PAGES) -> list[tuple[str, float, list[float], list[float]]]:
     """(page, first load, filter-change times (cache misses), same-state reruns (cache hits)) per page."""
     from streamlit.testing.v1 import AppTest
 
@@ -197,7 +203,7 @@ def bench_pages(store: Path, changes: int = 4) -> list[tuple[str, float, list[fl
     os.environ["VITLENS_STORE"] = str(store)
     classes = list(VOC_CLASSES[1:])
     results = []
-    for i, (page, params) in enumerate(PAGES):
+    for i, (page, params) in enumerate(pages):
         at = AppTest.from_file(str(APP), default_timeout=600)
         for k, v in (params or {}).items():
             at.query_params[k] = v
@@ -221,14 +227,15 @@ def bench_pages(store: Path, changes: int = 4) -> list[tuple[str, float, list[fl
     return results
 
 
-def bench_browser(store: Path, changes: int = 3) -> list[tuple[str, float, list[float]]]:
+def bench_browser(store: Path, changes: int = 3, pages=PAGES) -> list[tuple[str, float, list[float]]]:
     """(page, first load, seconds from each filter click to the settled page) in a real Chromium against the
-    real server. The first load opens the page's link in a new tab: the page's own queries run cold."""
+    real server. The first load opens the page's link in a new tab: the page's own queries run cold. The first
+    click switches to a protocol the page has not shown yet, so its statistics are computed then."""
     from dashboard import browser
 
     out = []
     with browser.server(store) as url, browser.chromium() as chrome:
-        for name, params in PAGES:
+        for name, params in pages:
             page = chrome.new_page(viewport={"width": 1500, "height": 1100})
             query = "&".join(f"{k}={v}" for k, v in (params or {}).items())
             t = time.perf_counter()
@@ -264,7 +271,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--store", type=Path, default=None, help="where to build it (default: a temporary folder)")
     ap.add_argument("--changes", type=int, default=4, help="filter changes measured per page")
     ap.add_argument("--browser", action="store_true", help="also time filter changes in Chromium (/usr/bin/chromium)")
+    ap.add_argument("--pages", default=",".join(p for p, _ in PAGES),
+                    help="the pages measured, comma-separated (default: all; alone, a page's first load in "
+                         "Chromium also pays the server's first script run, as a link opened on a fresh server)")
     args = ap.parse_args(argv)
+    wanted = args.pages.split(",")
+    unknown = sorted(set(wanted) - {p for p, _ in PAGES})
+    if unknown:
+        ap.error(f"unknown page(s) {', '.join(unknown)}; choose from {', '.join(p for p, _ in PAGES)}")
+    pages = tuple(p for p in PAGES if p[0] in wanted)
 
     from streamlit import config as st_config
 
@@ -282,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\npages (Streamlit AppTest run: script + queries + rendering; seconds)")
         print(f"  {'page':14s} {'first load':>10s} {'change median':>14s} {'change max':>11s} {'revisit':>8s}")
         worst = 0.0
-        for page, first, misses, hits in bench_pages(store, args.changes):
+        for page, first, misses, hits in bench_pages(store, args.changes, pages):
             worst = max(worst, max(misses))
             print(f"  {page:14s} {first:10.2f} {statistics.median(misses):14.2f} {max(misses):11.2f} "
                   f"{statistics.median(hits):8.2f}")
@@ -291,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\nbrowser (first load of a link; protocol switch in the sidebar → page settled, images loaded; "
                   "seconds)")
             print(f"  {'page':14s} {'first load':>10s} {'change median':>14s} {'change max':>11s}")
-            for page, first, times in bench_browser(store, min(args.changes, 3)):
+            for page, first, times in bench_browser(store, min(args.changes, 3), pages):
                 print(f"  {page:14s} {first:10.2f} {statistics.median(times):14.2f} {max(times):11.2f}")
 
 

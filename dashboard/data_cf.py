@@ -8,6 +8,7 @@ its own cursor of the store's one cached connection.
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -35,19 +36,30 @@ def fills(store: str, fp: str, run_id: str) -> tuple[str, ...]:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def reliance(store: str, fp: str, run_id: str, protocol: str, fill: str | None = None) -> pd.DataFrame:
+    """The run's decisions under a protocol and fill (store.shortcuts.reliance): the one query every table of
+    the page is computed from."""
     return data._run(store, fp, shortcuts.reliance, run_id, protocol, fill)
 
 
-#: the page's tables, each a function of (connection, run_id, protocol, resamples=...) in store.shortcuts; the
-#: method-trust table has its own entry (:func:`method_trust`)
-STATISTICS = {"context_share": shortcuts.context_share_by_class, "bg_gap": shortcuts.bg_gap,
-              "cue_trust": shortcuts.cue_trust}
+@st.cache_data(max_entries=32, show_spinner=False)
+def method_rows(store: str, fp: str, run_id: str, protocol: str, fill: str | None = None) -> pd.DataFrame:
+    """The decisions of :func:`reliance` joined with each method's map masses (store.shortcuts.method_rows):
+    the method-trust and cue tables' rows, fetched once for both and for either interval."""
+    return data._run(store, fp, shortcuts.method_rows, reliance(store, fp, run_id, protocol, fill), run_id, protocol)
+
+
+#: the page's tables: name -> (the cached rows it is computed from, the store.shortcuts function of those rows,
+#: called with resamples=...); the method-trust table has its own entry (:func:`method_trust`)
+STATISTICS = {"context_share": (reliance, shortcuts.context_share_table), "bg_gap": (reliance, shortcuts.bg_gap_table),
+              "cue_trust": (method_rows, shortcuts.cue_trust_table)}
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def statistic(store: str, fp: str, run_id: str, protocol: str, name: str, fill: str | None = None) -> pd.DataFrame:
-    """One of :data:`STATISTICS` of a run under a protocol and fill, with :data:`RESAMPLES` bootstrap resamples."""
-    return data._run(store, fp, STATISTICS[name], run_id, protocol, resamples=RESAMPLES, fill=fill)
+    """One of :data:`STATISTICS` of a run under a protocol and fill, with :data:`RESAMPLES` bootstrap resamples:
+    the numbers of store.shortcuts' function of the same name (``vitlens report --shortcuts``)."""
+    rows, table = STATISTICS[name]
+    return table(rows(store, fp, run_id, protocol, fill), resamples=RESAMPLES)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -55,8 +67,8 @@ def method_trust(store: str, fp: str, run_id: str, protocol: str, interval: str,
                  fill: str | None = None) -> pd.DataFrame:
     """The method-trust table with ``interval`` "normal" (instant) or "bootstrap" (as the report, seconds on a
     large store; store.trust)."""
-    return data._run(store, fp, trust.method_trust, run_id, protocol, resamples=RESAMPLES, interval=interval,
-                     fill=fill)
+    return trust.method_trust_table(method_rows(store, fp, run_id, protocol, fill), resamples=RESAMPLES,
+                                    interval=interval)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -67,18 +79,30 @@ def outcomes(store: str, fp: str, run_id: str, ids: tuple[str, ...], protocol: s
 
 def _pixels(rec: dict, size_hw: tuple[int, int] | None = None):
     """(rgb uint8, class-index mask, cue mask or None; both masks at full size) of an images row; the picture
-    shrunk to fit :data:`VARIANT_SIZE`, or resized to ``size_hw`` when given."""
+    shrunk to fit :data:`VARIANT_SIZE`, or resized to ``size_hw`` when given. Read-only: they are decoded once
+    (:func:`_decoded`) for all the variants of an image and its uses as another image's partner."""
+    return _decoded(rec["thumbnail"], rec.get("mask_png"), rec.get("cue_png"),
+                    None if size_hw is None else tuple(size_hw))
+
+
+@lru_cache(maxsize=64)
+def _decoded(thumbnail: bytes, mask_png: bytes | None, cue_png: bytes | None, size_hw: tuple[int, int] | None):
+    """:func:`_pixels` of the row's blobs, cached by their bytes (a page shows a few dozen pictures of at most
+    twenty images)."""
     from PIL import Image
 
     from dashboard.overlay import decode_image, decode_mask
 
-    image = decode_image(rec["thumbnail"])
+    image = decode_image(thumbnail)
     if size_hw is None:
         image.thumbnail((VARIANT_SIZE, VARIANT_SIZE), Image.BILINEAR)
-    elif (image.height, image.width) != tuple(size_hw):
+    elif (image.height, image.width) != size_hw:
         image = image.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
-    rgb = np.asarray(image, dtype=np.uint8)
-    return rgb, decode_mask(rec.get("mask_png")), decode_mask(rec.get("cue_png"))
+    pixels = (np.asarray(image, dtype=np.uint8), decode_mask(mask_png), decode_mask(cue_png))
+    for a in pixels:
+        if a is not None:
+            a.setflags(write=False)
+    return pixels
 
 
 def _region(mask: np.ndarray, protocol: str, gt_target: str | None, names, size_hw) -> np.ndarray:

@@ -4,7 +4,9 @@ table (:mod:`compute.counterfactuals`) joined with ``metrics``.
 Connect with :func:`store.query.connect`; every function takes that connection, binds its values as
 parameters, and returns a pandas DataFrame. Each takes one ``fill`` of the variants (a run may hold several:
 :func:`fills`); left out, the only one there is. Bootstrap intervals are computed in NumPy over the SQL result,
-resampling decisions (rows) with a seeded generator, so the same store gives the same intervals.
+resampling decisions (rows) with a seeded generator, so the same store gives the same intervals. Each statistic
+also exists as a function of the decisions already fetched (``*_table``), so a caller that shows several of them
+(the dashboard) runs the decisions query once.
 
 Per decision (one image × explained target × protocol; classifiers only, as the scores are probabilities):
 
@@ -112,6 +114,21 @@ def reliance(con: duckdb.DuckDBPyConnection, run_id: str | None = None, protocol
 # ---------------------------------------------------------------------------------------------------------------
 # statistics with bootstrap intervals
 
+#: index draws held at once by :func:`resample_indices` (2 MB of indices: small enough to stay in cache)
+_DRAWS_AT_ONCE = 1 << 18
+
+
+def resample_indices(n: int, seed: int, resamples: int, per_chunk: int | None = None):
+    """Yield ``[k, n]`` matrices of row indices drawn with replacement, ``resamples`` rows in all: row ``r`` is
+    resample ``r``. One generator call per matrix: NumPy's bounded integers come off one continuous stream, so a
+    ``[k, n]`` draw holds exactly the indices of ``k`` successive ``integers(0, n, n)`` calls and the intervals
+    do not depend on how the resamples are chunked. ``per_chunk``: rows per matrix (default: as many as fit
+    :data:`_DRAWS_AT_ONCE`)."""
+    rng = np.random.default_rng(seed)
+    per_chunk = per_chunk or max(1, _DRAWS_AT_ONCE // max(n, 1))
+    for start in range(0, resamples, per_chunk):
+        yield rng.integers(0, n, (min(per_chunk, resamples - start), n))
+
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
     values = values[np.isfinite(values)]
@@ -122,20 +139,51 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
 
 
 def _bootstrap(stat, n: int, seed: int, resamples: int) -> tuple[float, float]:
-    """95 % percentile interval of ``stat(indices)`` over ``resamples`` draws of ``n`` rows with replacement."""
+    """95 % percentile interval of ``stat(indices)`` over ``resamples`` draws of ``n`` rows with replacement, one
+    call per resample (for statistics that rank each resample; :func:`_bootstrap_rows` for array ones)."""
+    return _bootstrap_rows(lambda idx: [stat(i) for i in idx], n, seed, resamples)
+
+
+def _bootstrap_rows(stat_rows, n: int, seed: int, resamples: int) -> tuple[float, float]:
+    """95 % percentile interval of a statistic over ``resamples`` draws of ``n`` rows with replacement, where
+    ``stat_rows(idx)`` computes it for every row of an index matrix ``idx`` (``[k, n]``) at once. The same draws
+    as :func:`_bootstrap`, so the same interval for the same per-resample values."""
     if n == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    return _interval(np.array([stat(rng.integers(0, n, n)) for _ in range(resamples)], dtype=float))
+    stats = [np.asarray(stat_rows(idx), dtype=float) for idx in resample_indices(n, seed, resamples)]
+    return _interval(np.concatenate(stats))
+
+
+def _mean_rows(values: np.ndarray):
+    """``stat_rows`` of the mean of ``values`` (0/1 here: sums of 0/1 are exact integers in float64, so each
+    row's mean is bit for bit the mean of that resample taken alone)."""
+    return lambda idx: values[idx].mean(axis=1)
+
+
+def rank_average(values: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based; tied values share their mean rank), the same float64 values as
+    ``scipy.stats.rankdata(values)``, NaN everywhere when a value is NaN as there, without importing
+    ``scipy.stats`` (a second of a page's first load)."""
+    v = np.asarray(values)
+    n = len(v)
+    if n == 0:
+        return np.empty(0)
+    if v.dtype.kind == "f" and np.isnan(v).any():
+        return np.full(n, np.nan)
+    order = np.argsort(v, kind="stable")
+    ordered = v[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ties = np.diff(np.r_[starts, n])
+    ranks = np.empty(n)
+    ranks[order] = np.repeat((starts + 1).astype(float) + (ties.astype(float) - 1) / 2, ties)
+    return ranks
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rho (Pearson correlation of average ranks); NaN when either side is constant."""
     if len(x) < 2:
         return float("nan")
-    from scipy.stats import rankdata  # imported when first needed: it costs a page half a second
-
-    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rank_average(x), rank_average(y)
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
@@ -147,9 +195,7 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if not n_pos or not n_neg:
         return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(score)
+    ranks = rank_average(score)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -158,12 +204,16 @@ def context_share_by_class(con, run_id: str | None = None, protocol: str | None 
     """Per explained class (``gt_target``; under ``clean`` the one VOC class explained): of the confident,
     correct decisions with a verdict, the count ``n``, the ``context_driven`` count and their ``share`` with a
     95 % bootstrap interval (``low``, ``high``)."""
-    d = reliance(con, run_id, protocol, fill)
-    d = d[d["verdict"].notna() & (d["correct"] == True)]  # noqa: E712 (NULL-aware)
+    return context_share_table(reliance(con, run_id, protocol, fill), seed, resamples)
+
+
+def context_share_table(decisions: pd.DataFrame, seed: int = 0, resamples: int = BOOTSTRAP) -> pd.DataFrame:
+    """:func:`context_share_by_class` of the rows of :func:`reliance`."""
+    d = decisions[decisions["verdict"].notna() & (decisions["correct"] == True)]  # noqa: E712 (NULL-aware)
     rows = []
     for cls, g in d.groupby("gt_target", sort=True):
         hits = (g["verdict"] == "context-driven").to_numpy(dtype=float)
-        low, high = _bootstrap(lambda i: hits[i].mean(), len(hits), seed, resamples)
+        low, high = _bootstrap_rows(_mean_rows(hits), len(hits), seed, resamples)
         rows.append({"gt_target": cls, "n": len(hits), "context_driven": int(hits.sum()),
                      "share": float(hits.mean()), "low": low, "high": high})
     return pd.DataFrame(rows, columns=["gt_target", "n", "context_driven", "share", "low", "high"])
@@ -174,28 +224,49 @@ def bg_gap(con, run_id: str | None = None, protocol: str | None = None, seed: in
     """The BG-Gap analogue per protocol: over decisions where both variants were made and their top-1 maps to a
     VOC class, the accuracy (top-1 maps to a class of the image) on ``only_fg`` and on ``mixed_rand``, and
     ``gap = acc_only_fg - acc_mixed_rand`` with a 95 % bootstrap interval (decisions resampled in pairs)."""
-    d = reliance(con, run_id, protocol, fill)
-    d = d[d["only_fg_correct"].notna() & d["mixed_rand_correct"].notna()]
+    return bg_gap_table(reliance(con, run_id, protocol, fill), seed, resamples)
+
+
+def bg_gap_table(decisions: pd.DataFrame, seed: int = 0, resamples: int = BOOTSTRAP) -> pd.DataFrame:
+    """:func:`bg_gap` of the rows of :func:`reliance`."""
+    d = decisions[decisions["only_fg_correct"].notna() & decisions["mixed_rand_correct"].notna()]
     rows = []
     for proto, g in d.groupby("protocol", sort=True):
         a = g["only_fg_correct"].to_numpy(dtype=float)
         b = g["mixed_rand_correct"].to_numpy(dtype=float)
-        low, high = _bootstrap(lambda i: a[i].mean() - b[i].mean(), len(a), seed, resamples)
+        mean_a, mean_b = _mean_rows(a), _mean_rows(b)
+        low, high = _bootstrap_rows(lambda idx: mean_a(idx) - mean_b(idx), len(a), seed, resamples)
         rows.append({"protocol": proto, "n": len(a), "acc_only_fg": float(a.mean()), "acc_mixed_rand": float(b.mean()),
                      "gap": float(a.mean() - b.mean()), "low": low, "high": high})
     return pd.DataFrame(rows, columns=["protocol", "n", "acc_only_fg", "acc_mixed_rand", "gap", "low", "high"])
 
 
-_METHOD_ROWS = """
-SELECT d.*, mm.method, 1.0 - mm.relevance_mass AS off_mass, mm.cue_mass
-FROM ({decisions}) d
-JOIN metrics mm ON d.run_id = mm.run_id AND d.image_id = mm.image_id AND d.protocol = mm.protocol
-               AND d.target_class IS NOT DISTINCT FROM mm.target_class
+_KEYS = ["run_id", "image_id", "protocol", "target_class"]
+#: what the trust statistics take of a decision (:func:`method_samples`, :func:`cue_trust_table`)
+_TRUST_COLUMNS = ["context_reliance", "verdict", "confidence", "no_cue_same"]
+_MAP_MASSES = """
+SELECT run_id, image_id, protocol, target_class, method, 1.0 - relevance_mass AS off_mass, cue_mass
+FROM metrics
+WHERE ($run_id IS NULL OR run_id = $run_id) AND ($protocol IS NULL OR protocol = $protocol)
+ORDER BY run_id, image_id, protocol, target_class, method
 """
 
 
+def method_rows(con, decisions: pd.DataFrame, run_id: str | None = None,
+                protocol: str | None = None) -> pd.DataFrame:
+    """The rows of :func:`reliance` (``decisions``, of this ``run_id`` and ``protocol``) joined with each
+    method's map of the decision: ``method``, ``off_mass`` (``1 - relevance_mass``) and ``cue_mass``, beside the
+    decision's keys and :data:`_TRUST_COLUMNS`. Decisions without a map are left out (an inner join; a missing
+    ``target_class`` matches a missing one). In the decisions' order, then by method: the bootstrap resamples
+    rows by position, so a fixed order is what makes its intervals repeat."""
+    masses = con.execute(_MAP_MASSES, {"run_id": run_id, "protocol": protocol}).df()
+    left = decisions[_KEYS + _TRUST_COLUMNS].assign(_decision=np.arange(len(decisions)))
+    joined = left.merge(masses, on=_KEYS, how="inner", sort=False)
+    return joined.sort_values("_decision", kind="stable").drop(columns="_decision").reset_index(drop=True)
+
+
 def _method_rows(con, run_id, protocol, fill) -> pd.DataFrame:
-    return con.execute(_METHOD_ROWS.format(decisions=_DECISIONS), _params(con, run_id, protocol, fill)).df()
+    return method_rows(con, reliance(con, run_id, protocol, fill), run_id, protocol)
 
 
 def method_samples(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -207,25 +278,34 @@ def method_samples(g: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             (v["verdict"] == "context-driven").to_numpy())
 
 
+def _best_auc_first(rows: list[dict], cols: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(["auc", "method"], ascending=[False, True], na_position="last").reset_index(drop=True)
+
+
+TRUST_COLUMNS = ["method", "n_rho", "rho", "rho_low", "rho_high", "n_pos", "n_neg", "auc", "auc_low", "auc_high"]
+
+
 def method_trust(con, run_id: str | None = None, protocol: str | None = "clean", seed: int = 0,
                  resamples: int = BOOTSTRAP, fill: str | None = None) -> pd.DataFrame:
     """The method-trust leaderboard: per method, over decisions with both a map mass and a reliance score,
     ``rho`` (Spearman, mass off the object vs ``context_reliance``; ``n_rho`` decisions) and, over confident
     decisions with a verdict, ``auc`` (ROC-AUC of the mass off the object for flagging ``context-driven``
     ones; ``n_pos``/``n_neg``), each with a 95 % bootstrap interval. Best ``auc`` first."""
-    d = _method_rows(con, run_id, protocol, fill)
-    rows = []
-    for method, g in d.groupby("method", sort=True):
+    return method_trust_table(_method_rows(con, run_id, protocol, fill), seed, resamples)
+
+
+def method_trust_table(rows: pd.DataFrame, seed: int = 0, resamples: int = BOOTSTRAP) -> pd.DataFrame:
+    """:func:`method_trust` of the rows of :func:`method_rows`, every resample ranked anew (as the report)."""
+    out = []
+    for method, g in rows.groupby("method", sort=True):
         x, y, s, pos = method_samples(g)
-        rows.append({"method": method, "n_rho": len(x), "rho": spearman(x, y),
-                     **dict(zip(("rho_low", "rho_high"), _bootstrap(lambda i: spearman(x[i], y[i]), len(x), seed,
-                                                                     resamples))),
-                     "n_pos": int(pos.sum()), "n_neg": int((~pos).sum()), "auc": roc_auc(s, pos),
-                     **dict(zip(("auc_low", "auc_high"), _bootstrap(lambda i: roc_auc(s[i], pos[i]), len(s), seed,
-                                                                     resamples)))})
-    cols = ["method", "n_rho", "rho", "rho_low", "rho_high", "n_pos", "n_neg", "auc", "auc_low", "auc_high"]
-    out = pd.DataFrame(rows, columns=cols)
-    return out.sort_values(["auc", "method"], ascending=[False, True], na_position="last").reset_index(drop=True)
+        rho_ci = _bootstrap(lambda i: spearman(x[i], y[i]), len(x), seed, resamples)
+        auc_ci = _bootstrap(lambda i: roc_auc(s[i], pos[i]), len(s), seed, resamples)
+        out.append({"method": method, "n_rho": len(x), "rho": spearman(x, y), "rho_low": rho_ci[0],
+                    "rho_high": rho_ci[1], "n_pos": int(pos.sum()), "n_neg": int((~pos).sum()),
+                    "auc": roc_auc(s, pos), "auc_low": auc_ci[0], "auc_high": auc_ci[1]})
+    return _best_auc_first(out, TRUST_COLUMNS)
 
 
 def cue_trust(con, run_id: str | None = None, protocol: str | None = "clean", seed: int = 0,
@@ -233,17 +313,22 @@ def cue_trust(con, run_id: str | None = None, protocol: str | None = "clean", se
     """On stores with planted cues: per method, over confident decisions whose ``no_cue`` variant was made and
     whose map has a ``cue_mass``, the ROC-AUC of the cue mass for flagging decisions whose top-1 flips when the
     cue is removed (``n_pos`` flips, ``n_neg`` not), with a 95 % bootstrap interval. Empty without cues."""
-    d = _method_rows(con, run_id, protocol, fill)
-    d = d[d["cue_mass"].notna() & d["no_cue_same"].notna() & (d["confidence"] >= CONFIDENT)]
-    rows = []
+    return cue_trust_table(_method_rows(con, run_id, protocol, fill), seed, resamples)
+
+
+def cue_trust_table(rows: pd.DataFrame, seed: int = 0, resamples: int = BOOTSTRAP) -> pd.DataFrame:
+    """:func:`cue_trust` of the rows of :func:`method_rows`."""
+    d = rows[rows["cue_mass"].notna() & rows["no_cue_same"].notna() & (rows["confidence"] >= CONFIDENT)]
+    out = []
     for method, g in d.groupby("method", sort=True):
         s, pos = g["cue_mass"].to_numpy(float), ~g["no_cue_same"].to_numpy(bool)
         low, high = _bootstrap(lambda i: roc_auc(s[i], pos[i]), len(s), seed, resamples)
-        rows.append({"method": method, "n_pos": int(pos.sum()), "n_neg": int((~pos).sum()),
-                     "auc": roc_auc(s, pos), "auc_low": low, "auc_high": high})
-    out = pd.DataFrame(rows, columns=["method", "n_pos", "n_neg", "auc", "auc_low", "auc_high"])
-    return out.sort_values(["auc", "method"], ascending=[False, True], na_position="last").reset_index(drop=True)
+        out.append({"method": method, "n_pos": int(pos.sum()), "n_neg": int((~pos).sum()),
+                    "auc": roc_auc(s, pos), "auc_low": low, "auc_high": high})
+    return _best_auc_first(out, ["method", "n_pos", "n_neg", "auc", "auc_low", "auc_high"])
 
 
-__all__ = ["CONFIDENT", "SURVIVES", "BOOTSTRAP", "VERDICTS", "fills", "reliance", "context_share_by_class", "bg_gap",
-           "method_trust", "cue_trust", "spearman", "roc_auc"]
+__all__ = ["CONFIDENT", "SURVIVES", "BOOTSTRAP", "VERDICTS", "TRUST_COLUMNS", "fills", "reliance", "method_rows",
+           "context_share_by_class", "context_share_table", "bg_gap", "bg_gap_table", "method_trust",
+           "method_trust_table", "cue_trust", "cue_trust_table", "resample_indices", "rank_average", "spearman",
+           "roc_auc"]

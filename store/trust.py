@@ -34,11 +34,12 @@ _CHUNK = 64  # resamples ranked at once (bounds the count matrices to _CHUNK × 
 
 def resample_counts(n: int, seed: int, resamples: int):
     """Yield ``[k, n]`` count matrices, ``resamples`` rows in all: how often each of ``n`` rows is drawn by each
-    resample of :func:`store.shortcuts._bootstrap` with this ``seed`` (one ``integers(0, n, n)`` call each)."""
-    rng = np.random.default_rng(seed)
-    for start in range(0, resamples, _CHUNK):
-        yield np.stack([np.bincount(rng.integers(0, n, n), minlength=n)
-                        for _ in range(min(_CHUNK, resamples - start))]).astype(np.float64)
+    resample of :func:`store.shortcuts._bootstrap` with this ``seed`` (the same index draws,
+    :func:`store.shortcuts.resample_indices`), counted for all ``k`` resamples by one ``bincount``."""
+    for idx in shortcuts.resample_indices(n, seed, resamples, per_chunk=_CHUNK):
+        k = len(idx)
+        flat = (idx + n * np.arange(k)[:, None]).ravel()  # resample r's rows counted in bins r·n … r·n + n − 1
+        yield np.bincount(flat, minlength=k * n).reshape(k, n).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -165,23 +166,27 @@ def method_trust(con, run_id: str | None = None, protocol: str | None = "clean",
     the same intervals up to rounding, from resample counts (several times faster); with ``"normal"`` normal
     approximations (see the module doc), for a page that must open at once. ``fill``: as in
     :mod:`store.shortcuts` (None: the only fill the run holds)."""
+    return method_trust_table(shortcuts._method_rows(con, run_id, protocol, fill), seed, resamples, interval)
+
+
+def method_trust_table(rows: pd.DataFrame, seed: int = 0, resamples: int = shortcuts.BOOTSTRAP,
+                       interval: str = "bootstrap") -> pd.DataFrame:
+    """:func:`method_trust` of the rows of :func:`store.shortcuts.method_rows` (fetched once by a caller that
+    also needs them for another table)."""
     if interval not in INTERVALS:
         raise ValueError(f"unknown interval {interval!r}; choose one of {', '.join(INTERVALS)}")
-    d = shortcuts._method_rows(con, run_id, protocol, fill)
-    rows = []
-    for method, g in d.groupby("method", sort=True):
+    out = []
+    for method, g in rows.groupby("method", sort=True):
         x, y, s, pos = shortcuts.method_samples(g)
         rho, auc, n_pos = shortcuts.spearman(x, y), shortcuts.roc_auc(s, pos), int(pos.sum())
         if interval == "normal":
             rho_ci, auc_ci = spearman_normal_interval(rho, len(x)), roc_auc_normal_interval(auc, n_pos, len(s) - n_pos)
         else:
             rho_ci, auc_ci = spearman_interval(x, y, seed, resamples), roc_auc_interval(s, pos, seed, resamples)
-        rows.append({"method": method, "n_rho": len(x), "rho": rho, "rho_low": rho_ci[0], "rho_high": rho_ci[1],
-                     "n_pos": n_pos, "n_neg": len(s) - n_pos, "auc": auc, "auc_low": auc_ci[0], "auc_high": auc_ci[1]})
-    cols = ["method", "n_rho", "rho", "rho_low", "rho_high", "n_pos", "n_neg", "auc", "auc_low", "auc_high"]
-    out = pd.DataFrame(rows, columns=cols)
-    return out.sort_values(["auc", "method"], ascending=[False, True], na_position="last").reset_index(drop=True)
+        out.append({"method": method, "n_rho": len(x), "rho": rho, "rho_low": rho_ci[0], "rho_high": rho_ci[1],
+                    "n_pos": n_pos, "n_neg": len(s) - n_pos, "auc": auc, "auc_low": auc_ci[0], "auc_high": auc_ci[1]})
+    return shortcuts._best_auc_first(out, shortcuts.TRUST_COLUMNS)
 
 
 __all__ = ["INTERVALS", "resample_counts", "resample_ranks", "spearman_interval", "roc_auc_interval",
-           "spearman_normal_interval", "roc_auc_normal_interval", "method_trust"]
+           "spearman_normal_interval", "roc_auc_normal_interval", "method_trust", "method_trust_table"]

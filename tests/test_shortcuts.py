@@ -201,3 +201,114 @@ def test_counterfactual_part_counts_only_beside_its_metrics_part(tmp_path):
     StoreWriter(empty, RUN).write_batch("a", {"metrics": metrics})
     assert connect(empty).execute("SELECT count(*) FROM counterfactuals").fetchone()[0] == 0
     assert shortcuts.reliance(connect(empty), RUN).empty
+
+
+# ------------------------------------------------------------------------------------------- the bootstrap
+def _percentile_interval(stats: list[float]) -> tuple[float, float]:
+    stats = np.array(stats, dtype=float)
+    stats = stats[np.isfinite(stats)]
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _loop_bootstrap(stat, n: int, seed: int, resamples: int) -> tuple[float, float]:
+    """The straightforward bootstrap: one generator call and one statistic per resample."""
+    rng = np.random.default_rng(seed)
+    return _percentile_interval([stat(rng.integers(0, n, n)) for _ in range(resamples)])
+
+
+@pytest.mark.parametrize("n", [1, 7, 600, 5001])
+@pytest.mark.parametrize("per_chunk", [None, 1, 3, 64])
+def test_resample_indices_are_the_successive_draws_of_one_generator(n, per_chunk):
+    chunks = list(shortcuts.resample_indices(n, seed=4, resamples=130, per_chunk=per_chunk))
+    assert sum(len(c) for c in chunks) == 130
+    rng = np.random.default_rng(4)
+    assert (np.concatenate(chunks) == np.stack([rng.integers(0, n, n) for _ in range(130)])).all()
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_mean_intervals_equal_the_loop_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    for n in (1, 2, 37, 3000):
+        a, b = (rng.random(n) < 0.3).astype(float), (rng.random(n) < 0.6).astype(float)
+        mean_a, mean_b = shortcuts._mean_rows(a), shortcuts._mean_rows(b)
+        assert shortcuts._bootstrap_rows(mean_a, n, seed, 500) == _loop_bootstrap(lambda i: a[i].mean(), n, seed,
+                                                                                  500)
+        assert shortcuts._bootstrap_rows(lambda i: mean_a(i) - mean_b(i), n, seed, 500) == _loop_bootstrap(
+            lambda i: a[i].mean() - b[i].mean(), n, seed, 500)
+    assert np.isnan(shortcuts._bootstrap_rows(shortcuts._mean_rows(np.empty(0)), 0, seed, 10)).all()
+
+
+def test_table_intervals_equal_the_loop_over_the_decisions(store):
+    out, _, _ = store
+    con = connect(out)
+    decisions = shortcuts.reliance(con, RUN, "clean")
+    share = shortcuts.context_share_by_class(con, RUN, "clean", seed=3, resamples=400)
+    kept = decisions[decisions.verdict.notna() & (decisions.correct == True)]  # noqa: E712
+    for _, row in share.iterrows():
+        hits = (kept[kept.gt_target == row["gt_target"]].verdict == "context-driven").to_numpy(float)
+        assert (row["low"], row["high"]) == _loop_bootstrap(lambda i: hits[i].mean(), len(hits), 3, 400)
+    gap = shortcuts.bg_gap(con, RUN, "clean", seed=3, resamples=400).iloc[0]
+    both = decisions[decisions.only_fg_correct.notna() & decisions.mixed_rand_correct.notna()]
+    a, b = both.only_fg_correct.to_numpy(float), both.mixed_rand_correct.to_numpy(float)
+    assert (gap["low"], gap["high"]) == _loop_bootstrap(lambda i: a[i].mean() - b[i].mean(), len(a), 3, 400)
+
+
+def test_rank_statistic_intervals_equal_the_loop(store):
+    out, _, _ = store
+    rows = shortcuts.method_rows(connect(out), shortcuts.reliance(connect(out), RUN, "clean"), RUN, "clean")
+    got = shortcuts.method_trust_table(rows, seed=2, resamples=120).set_index("method")
+    for method, g in rows.groupby("method"):
+        x, y, s, pos = shortcuts.method_samples(g)
+        assert (got.loc[method, "rho_low"], got.loc[method, "rho_high"]) == _loop_bootstrap(
+            lambda i: shortcuts.spearman(x[i], y[i]), len(x), 2, 120)
+        assert (got.loc[method, "auc_low"], got.loc[method, "auc_high"]) == _loop_bootstrap(
+            lambda i: shortcuts.roc_auc(s[i], pos[i]), len(s), 2, 120)
+
+
+def test_rank_average_is_scipys_rankdata():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    for values in (rng.random(50), rng.integers(0, 5, 200).astype(float), rng.integers(0, 5, 30),
+                   np.round(rng.normal(size=1000), 1), np.array([2.0]), np.array([1.0, np.nan, 0.5]),
+                   np.array([np.inf, -np.inf, 0.0, np.inf]), np.empty(0)):
+        want = rankdata(values)
+        got = shortcuts.rank_average(values)
+        assert got.dtype == want.dtype == np.float64
+        assert np.array_equal(got, want, equal_nan=True)
+
+
+def test_statistics_do_not_import_scipy_stats(store):
+    """scipy.stats costs the dashboard's Shortcuts page a second on its first load."""
+    import subprocess
+    import sys
+
+    out, _, _ = store
+    code = ("import sys; from store import shortcuts, trust; from store.query import connect; "
+            f"con = connect({str(out)!r}); shortcuts.context_share_by_class(con, {RUN!r}, resamples=5); "
+            f"trust.method_trust(con, {RUN!r}, interval='normal'); shortcuts.method_trust(con, {RUN!r}, resamples=5); "
+            "print('scipy.stats' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
+
+
+def test_method_rows_are_the_sql_join_in_a_fixed_order(store):
+    """The per-map rows (joined in pandas onto the decisions already fetched) equal the SQL join of the decisions
+    with the metrics, ordered by decision and method: the bootstrap resamples rows by position, so the order is
+    part of the intervals."""
+    out, _, _ = store
+    con = connect(out)
+    for protocol in ("clean", None):
+        params = shortcuts._params(con, RUN, protocol, None)
+        want = con.execute(f"""
+            SELECT d.*, mm.method, 1.0 - mm.relevance_mass AS off_mass, mm.cue_mass
+            FROM ({shortcuts._DECISIONS}) d
+            JOIN metrics mm ON d.run_id = mm.run_id AND d.image_id = mm.image_id AND d.protocol = mm.protocol
+                           AND d.target_class IS NOT DISTINCT FROM mm.target_class
+            ORDER BY d.run_id, d.image_id, d.protocol, d.target_class, mm.method""", params).df()
+        got = shortcuts.method_rows(con, shortcuts.reliance(con, RUN, protocol), RUN, protocol)
+        assert len(got) == len(want) > 0
+        assert got.equals(want[list(got.columns)])
+    again = shortcuts.method_trust(con, RUN, "report", resamples=50)
+    assert again.equals(shortcuts.method_trust(con, RUN, "report", resamples=50))

@@ -8,9 +8,13 @@ methods; the method-trust leaderboard; on stores with planted cues, the cue view
 :mod:`store.shortcuts`.
 """
 
+import threading
+from concurrent.futures import Future
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from dashboard import common, data, data_cf
 from dashboard import urlstate as us
@@ -42,7 +46,8 @@ def no_counterfactuals() -> None:
     st.code(RECOMPUTE.format(store=view.store), language="bash")
 
 
-def per_class_section() -> None:
+def per_class_section() -> bool:
+    """The per-class shares (chart and table); False when there are none, and so no BG-Gap line either."""
     st.subheader("Context-driven decisions per class")
     share = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "context_share", FILL)
     if view.filter.classes:
@@ -50,7 +55,7 @@ def per_class_section() -> None:
     if share.empty:
         st.info("No confident, correct decision with a verdict under this protocol (a headless model's scores are "
                 "not probabilities, and correctness must be known).")
-        return
+        return False
     left, right = st.columns([3, 2])
     with left:
         fig = go.Figure(go.Bar(
@@ -74,6 +79,10 @@ def per_class_section() -> None:
                f"alone keeps ≥ {SURVIVES} of the class's probability while the object alone does not "
                f"(protocol **{protocol}**; class = the object region's class). Bars: 95 % bootstrap intervals "
                f"({data_cf.RESAMPLES} resamples).")
+    return True
+
+
+def bg_gap_line() -> None:
     gap = data_cf.statistic(view.store, view.fp, view.run_id, protocol, "bg_gap", FILL)
     if not gap.empty:
         g = gap.iloc[0]
@@ -271,6 +280,30 @@ def choose_fill() -> str | None:
                          "with the fill is a verdict about the fill.")
 
 
+def statistics_meanwhile(cues: bool) -> Future:
+    """Start the statistics drawn below the per-class table (the BG-Gap, the trust tables' per-map rows, the cue
+    table) on a worker thread and return its future. They mostly run outside the GIL (DuckDB, NumPy), so on a
+    protocol or fill not seen before they overlap with the per-class table and the evidence pictures drawn
+    meanwhile instead of adding to them; the page's later calls of the same cached functions are then cache
+    hits. The method-trust table itself is left to the page (its interval follows a toggle)."""
+    done: Future = Future()
+    ctx = get_script_run_ctx()
+    args = (view.store, view.fp, view.run_id, protocol)
+
+    def compute() -> None:
+        add_script_run_ctx(threading.current_thread(), ctx)
+        try:
+            data_cf.method_rows(*args, FILL)
+            for name in ("bg_gap", *(("cue_trust",) if cues else ())):
+                data_cf.statistic(*args, name, FILL)
+            done.set_result(None)
+        except BaseException as e:  # noqa: BLE001 (re-raised on the page's thread by done.result())
+            done.set_exception(e)
+
+    threading.Thread(target=compute, name="shortcuts-statistics", daemon=True).start()
+    return done
+
+
 stored = data_cf.stored_variants(view.store, view.fp, view.run_id)
 if not stored:
     no_counterfactuals()
@@ -280,8 +313,15 @@ else:
     if decisions.empty:
         st.info(f"No counterfactual rows under protocol **{protocol}**: choose another in the sidebar.")
     else:
-        per_class_section()
-        trust_section()
-        if "no_cue" in stored:  # planted cues: the data's own ground truth of a shortcut
-            cue_section()
-        evidence_section(decisions)
+        cues = "no_cue" in stored  # planted cues: the data's own ground truth of a shortcut
+        statistics = statistics_meanwhile(cues)
+        shares = per_class_section()  # first: its chart and table make a new browser tab load their code early
+        above_evidence = st.container()
+        evidence_section(decisions)  # drawn below the other tables while the worker computes them
+        statistics.result()
+        with above_evidence:
+            if shares:
+                bg_gap_line()
+            trust_section()
+            if cues:
+                cue_section()

@@ -4,6 +4,7 @@ store's own queries, follows the filters, and a link restores the view."""
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -70,6 +71,34 @@ def test_shortcuts_tables_equal_the_store_queries(cf_store, app_at):
 
 def shown_interval(low, high) -> str:
     return "–" if low != low or high != high else f"[{low:.2f}, {high:.2f}]"
+
+
+def test_tables_stay_above_the_evidence_drawn_before_them(cf_store, app_at):
+    """The page draws the evidence pictures while a worker computes the statistics above them, into containers
+    laid out in the page's reading order."""
+    at = goto(app_at(cf_store, protocol="clean"), "shortcuts")
+    assert [h.value for h in at.subheader] == ["Context-driven decisions per class",
+                                               "Which explanation exposes shortcuts best", "Planted cue",
+                                               "Images ranked by evidence"]
+    assert not at.exception
+
+
+def test_page_statistics_are_the_reports_to_the_last_bit(cf_store):
+    """The page computes every table from one fetch of the decisions; the numbers are those of the store
+    functions `vitlens report --shortcuts` calls, each of which runs its own queries."""
+    from dashboard import data, data_cf
+
+    store, fp = str(cf_store), data.fingerprint(str(cf_store))
+    con = connect(cf_store)
+    for protocol in ("clean", "report"):
+        for name, fn in (("context_share", shortcuts.context_share_by_class), ("bg_gap", shortcuts.bg_gap),
+                         ("cue_trust", shortcuts.cue_trust)):
+            want = fn(con, A, protocol, resamples=data_cf.RESAMPLES)
+            assert data_cf.statistic(store, fp, A, protocol, name).equals(want), (protocol, name)
+        for interval in trust.INTERVALS:
+            want = trust.method_trust(con, A, protocol, resamples=data_cf.RESAMPLES, interval=interval)
+            assert data_cf.method_trust(store, fp, A, protocol, interval).equals(want), (protocol, interval)
+    con.close()
 
 
 def test_method_trust_intervals_follow_the_switch(cf_store, app_at):
@@ -193,3 +222,31 @@ def test_a_run_with_two_fills_shows_the_one_picked(tmp_path, app_at):
     shown = table(at, "context_share_table").set_index("gt_target")
     assert shown["context_driven"].to_dict() == gray.set_index("gt_target")["context_driven"].to_dict()
     assert "sc_fill" not in at.query_params  # the default fill is left out of the link
+
+
+def test_each_images_pixels_are_decoded_once_for_all_its_variants(cf_store, monkeypatch):
+    """The variants of an image, and its use as a partner at another size, share one decoding per size; what
+    they share is the decoded picture itself, and read-only."""
+    import numpy as np
+    from PIL import Image
+
+    from dashboard import data_cf, overlay
+    from store.query import images_for
+
+    con = connect(cf_store)
+    image_id = con.execute("SELECT min(image_id) FROM images WHERE mask_png IS NOT NULL").fetchone()[0]
+    rec = {k: bytes(v) if isinstance(v, (bytes, bytearray)) else v
+           for k, v in images_for(con, A, [image_id])[image_id].items()}
+    decoded = []
+    monkeypatch.setattr(overlay, "decode_image",
+                        lambda b: decoded.append(b) or Image.open(io.BytesIO(b)).convert("RGB"))
+    data_cf._decoded.cache_clear()
+    rgb, mask, _ = data_cf._pixels(rec)
+    want = Image.open(io.BytesIO(rec["thumbnail"])).convert("RGB")
+    want.thumbnail((data_cf.VARIANT_SIZE, data_cf.VARIANT_SIZE), Image.BILINEAR)
+    assert np.array_equal(rgb, np.asarray(want)) and np.array_equal(mask, overlay.decode_mask(rec["mask_png"]))
+    assert data_cf._pixels(rec)[0] is rgb and len(decoded) == 1
+    small = data_cf._pixels(rec, (20, 30))[0]
+    assert small.shape == (20, 30, 3) and data_cf._pixels(rec, [20, 30])[0] is small and len(decoded) == 2
+    with pytest.raises(ValueError):
+        rgb[0, 0] = 0
