@@ -32,7 +32,7 @@ def _pool_locked(workers: int):
 
     from compute.children import end_with_parent
 
-    if getattr(_POOLS.get(workers), "_broken", False):  # a worker of it died (killed, out of memory) since
+    if getattr(_POOLS.get(workers), "_broken", False):  # a worker of it died (killed, out of memory)
         _POOLS.pop(workers).shutdown(wait=False, cancel_futures=True)
     if workers not in _POOLS:
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
@@ -121,10 +121,7 @@ def batched_layered_max_flows(caps, sources, sink: int = 0, *, workers: int = 1,
         for b, start, fut in jobs:
             vals = fut.result()
             out[b, start:start + vals.size] = vals
-    except BrokenProcessPool:  # a worker died (killed, out of memory): drop the pool, finish here
-        with _POOLS_LOCK:
-            if _POOLS.get(workers) is pool:
-                _POOLS.pop(workers, None)
+    except BrokenProcessPool:  # a worker died (killed, out of memory): finish here; _pool() replaces the pool
         return batched_layered_max_flows(caps, sources, sink, workers=1, tiers=tiers, rtol=rtol)
     return out
 

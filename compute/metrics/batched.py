@@ -99,8 +99,9 @@ def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], d
 #: peak memory is about 100 bytes per such pixel, so a chunk stays near 1 GB however many methods there are —
 #: and a single map of a huge image (e.g. 6000×4000) is scored alone in about 2.4 GB
 MAX_PIXELS = 1 << 23
-#: the same on a CPU, where a chunk that stays in cache is faster than a large one (measured, one thread:
-#: 13 maps of 375×500 images 300 ms/image at 2**19 or 2**17, 450 ms at 2**23)
+#: the same on a CPU, where a chunk that stays near the cache is faster than a large one (measured, one thread:
+#: 13 maps of 375×500 images under two protocols 0.18–0.20 s/image at 2**19, 0.22 s at 2**18, 0.23–0.25 s at
+#: 2**17; the demo's 96×96 maps take the same time at 2**17 and 2**19)
 MAX_PIXELS_CPU = 1 << 19
 
 #: one image to score: its maps (each 2-D, any resolution), class-index mask, ``(protocol, gt_classes)``
@@ -137,20 +138,19 @@ def score_images(items: Sequence[Item], device: torch.device | str | None = None
         dev = _device_of(items[idx[0]][0][0], device)
         limit = max_pixels or (MAX_PIXELS_CPU if dev.type == "cpu" else MAX_PIXELS)
         step = max(1, limit // n)
-        for start in range(0, len(pairs), step):
-            chunk = pairs[start:start + step]
-            with _one_thread(dev):
-                scored = _score_chunk(items, chunk, size, dev)
-            for (i, k), rows in zip(chunk, scored):
-                if not out[i]:
-                    out[i] = [None] * len(items[i][0])
-                out[i][k] = rows
+        with _one_thread(dev):
+            for start in range(0, len(pairs), step):
+                chunk = pairs[start:start + step]
+                for (i, k), rows in zip(chunk, _score_chunk(items, chunk, size, dev)):
+                    if not out[i]:
+                        out[i] = [None] * len(items[i][0])
+                    out[i][k] = rows
     return out
 
 
 @contextmanager
 def _one_thread(device: torch.device):
-    """torch's intra-op threads set to one while a chunk is scored on a CPU. Scoring is many small tensor
+    """torch's intra-op threads set to one while maps are scored on a CPU. Scoring is many small tensor
     operations, which a thread team barely speeds up; and when the cores are busy (the batch job's
     background max-flow workers, data-loader workers, other jobs) its spinning threads slow every one of
     them down, measured up to tenfold, where one thread keeps its pace."""
@@ -328,7 +328,7 @@ def _threshold_free_stats(stats, values, img, gts, valids) -> None:
         value, label = keys[..., 1], keys[..., 0]
         new_run = torch.ones((M, N), dtype=torch.bool, device=values.device)
         new_run[:, 1:] = value[:, 1:] != value[:, :-1]
-        runs = _TieRuns(new_run.reshape(-1), N)
+        runs = _TieRuns(new_run.reshape(-1))
         for bit, u in enumerate(slots):
             _slot_stats(stats[:, u], label, 2 * bit, runs, all_valid=bool(valids[:, u].all()))
 
@@ -351,13 +351,12 @@ class _TieRuns:
     """Runs of equal values in the row-major flattened sorted keys (every row starts a new run): each
     position's run, and each run's first and last position."""
 
-    def __init__(self, starts_run: torch.Tensor, row_length: int):
+    def __init__(self, starts_run: torch.Tensor):
         self.of = torch.cumsum(starts_run, dim=0) - 1
         self.first = _flat_nonzero(starts_run)
         self.last = torch.empty_like(self.first)
         self.last[:-1] = self.first[1:] - 1
         self.last[-1] = len(starts_run) - 1
-        self.row_length = row_length
 
 
 class _ValidCounts:
