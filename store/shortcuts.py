@@ -286,6 +286,13 @@ def _best_auc_first(rows: list[dict], cols: list[str]) -> pd.DataFrame:
 TRUST_COLUMNS = ["method", "n_rho", "rho", "rho_low", "rho_high", "n_pos", "n_neg", "auc", "auc_low", "auc_high"]
 
 
+def trust_row(method: str, n_rho: int, rho: float, rho_ci, pos: np.ndarray, auc: float, auc_ci) -> dict:
+    """One row of the method-trust table (:data:`TRUST_COLUMNS`), whichever way its intervals were made."""
+    n_pos = int(pos.sum())
+    return {"method": method, "n_rho": n_rho, "rho": rho, "rho_low": rho_ci[0], "rho_high": rho_ci[1],
+            "n_pos": n_pos, "n_neg": len(pos) - n_pos, "auc": auc, "auc_low": auc_ci[0], "auc_high": auc_ci[1]}
+
+
 def method_trust(con, run_id: str | None = None, protocol: str | None = "clean", seed: int = 0,
                  resamples: int = BOOTSTRAP, fill: str | None = None) -> pd.DataFrame:
     """The method-trust leaderboard: per method, over decisions with both a map mass and a reliance score,
@@ -302,9 +309,7 @@ def method_trust_table(rows: pd.DataFrame, seed: int = 0, resamples: int = BOOTS
         x, y, s, pos = method_samples(g)
         rho_ci = _bootstrap(lambda i: spearman(x[i], y[i]), len(x), seed, resamples)
         auc_ci = _bootstrap(lambda i: roc_auc(s[i], pos[i]), len(s), seed, resamples)
-        out.append({"method": method, "n_rho": len(x), "rho": spearman(x, y), "rho_low": rho_ci[0],
-                    "rho_high": rho_ci[1], "n_pos": int(pos.sum()), "n_neg": int((~pos).sum()),
-                    "auc": roc_auc(s, pos), "auc_low": auc_ci[0], "auc_high": auc_ci[1]})
+        out.append(trust_row(method, len(x), spearman(x, y), rho_ci, pos, roc_auc(s, pos), auc_ci))
     return _best_auc_first(out, TRUST_COLUMNS)
 
 
@@ -328,7 +333,7 @@ def cue_trust_table(rows: pd.DataFrame, seed: int = 0, resamples: int = BOOTSTRA
     return _best_auc_first(out, ["method", "n_pos", "n_neg", "auc", "auc_low", "auc_high"])
 
 
-__all__ = ["CONFIDENT", "SURVIVES", "BOOTSTRAP", "VERDICTS", "TRUST_COLUMNS", "fills", "reliance", "method_rows",
+__all__ = ["CONFIDENT", "SURVIVES", "BOOTSTRAP", "VERDICTS", "TRUST_COLUMNS", "trust_row", "fills", "reliance", "method_rows",
            "context_share_by_class", "context_share_table", "bg_gap", "bg_gap_table", "method_trust",
            "method_trust_table", "cue_trust", "cue_trust_table", "resample_indices", "rank_average", "spearman",
            "roc_auc"]

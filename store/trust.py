@@ -183,8 +183,7 @@ def method_trust_table(rows: pd.DataFrame, seed: int = 0, resamples: int = short
             rho_ci, auc_ci = spearman_normal_interval(rho, len(x)), roc_auc_normal_interval(auc, n_pos, len(s) - n_pos)
         else:
             rho_ci, auc_ci = spearman_interval(x, y, seed, resamples), roc_auc_interval(s, pos, seed, resamples)
-        out.append({"method": method, "n_rho": len(x), "rho": rho, "rho_low": rho_ci[0], "rho_high": rho_ci[1],
-                    "n_pos": n_pos, "n_neg": len(s) - n_pos, "auc": auc, "auc_low": auc_ci[0], "auc_high": auc_ci[1]})
+        out.append(shortcuts.trust_row(method, len(x), rho, rho_ci, pos, auc, auc_ci))
     return shortcuts._best_auc_first(out, shortcuts.TRUST_COLUMNS)
 
 
