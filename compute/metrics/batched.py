@@ -16,8 +16,8 @@ bounded whatever the number of methods or the image size:
   so the threshold is bit-for-bit the one ``skimage.filters.threshold_otsu`` returns;
 - the requests' masks: a request whose object and valid masks equal another's on the same image (``clean``
   and ``report`` on an image of one class without void pixels) is scored once and its row copied;
-- confusion counts and relevance mass: per image, its maps times its masks as matrix products (binary maps
-  in float32, exact for 0/1 counts; masses in float64);
+- confusion counts and relevance mass: each image's maps times its masks, one batched matrix product (binary
+  maps in float32, exact for 0/1 counts; masses in float64);
 - threshold-free metrics: one sort per map, shared by every request. Each pixel becomes a 64-bit key, its
   value's float32 bits made order-preserving in the high word and every request's valid/object bits in the
   low word, so a single sort of plain integers (NumPy's vectorised sort on a CPU, several times faster than
@@ -122,30 +122,41 @@ def score_image(maps: Sequence[torch.Tensor | np.ndarray], mask: np.ndarray | to
 def score_images(items: Sequence[Item], device: torch.device | str | None = None,
                  max_pixels: int | None = None) -> list[list[list[dict]]]:
     """:func:`score_image` of every item, ``result[i][k][r]``, computed together: the maps of images of one
-    size (and the same number of requests, with or without a cue) go through each step as one tensor, in
-    chunks of at most ``max_pixels`` map pixels, so the cost per image of a batch of small images is a few
-    tensor operations, and memory is bounded whatever the number of maps or the image size. ``max_pixels``
+    size (and the same numbers of maps and requests, with or without a cue) go through each step as one
+    tensor, in chunks of at most ``max_pixels`` map pixels, so the cost per image of a batch of small images is
+    a few tensor operations, and memory is bounded whatever the number of maps or the image size. ``max_pixels``
     defaults to :data:`MAX_PIXELS` on a GPU and :data:`MAX_PIXELS_CPU` on a CPU; on a CPU the work runs on
     one thread (see :func:`_one_thread`)."""
     out: list[list[list[dict]]] = [[] for _ in items]
     groups: dict[tuple, list[int]] = {}
     for i, (maps, mask, requests, cue) in enumerate(items):
         if len(maps):
-            groups.setdefault((tuple(mask.shape), cue is not None, len(requests)), []).append(i)
-    for (size, _, _), idx in groups.items():
-        n = max(1, size[0] * size[1])
-        pairs = [(i, k) for i in idx for k in range(len(items[i][0]))]
+            groups.setdefault((tuple(mask.shape), cue is not None, len(requests), len(maps)), []).append(i)
+    for (size, _, _, n_maps), idx in groups.items():
         dev = _device_of(items[idx[0]][0][0], device)
         limit = max_pixels or (MAX_PIXELS_CPU if dev.type == "cpu" else MAX_PIXELS)
-        step = max(1, limit // n)
         with _one_thread(dev):
-            for start in range(0, len(pairs), step):
-                chunk = pairs[start:start + step]
-                for (i, k), rows in zip(chunk, _score_chunk(items, chunk, size, dev)):
+            for images, maps in _chunks(idx, n_maps, max(1, limit // max(1, size[0] * size[1]))):
+                for (i, k), rows in zip(((i, k) for i in images for k in maps),
+                                        _score_chunk(items, images, maps, size, dev)):
                     if not out[i]:
-                        out[i] = [None] * len(items[i][0])
+                        out[i] = [None] * n_maps
                     out[i][k] = rows
     return out
+
+
+def _chunks(images: list[int], n_maps: int, step: int):
+    """``(images, maps)`` chunks of at most ``step`` maps each: whole images when one image's maps fit, else
+    one image's maps in ranges. Every map of a chunk's image is in it, or the chunk is one image: its maps
+    form a ``[images, maps]`` grid, which the per-image steps use as such."""
+    if n_maps <= step:
+        per = step // n_maps
+        for start in range(0, len(images), per):
+            yield images[start:start + per], range(n_maps)
+        return
+    for i in images:
+        for start in range(0, n_maps, step):
+            yield [i], range(start, min(start + step, n_maps))
 
 
 @contextmanager
@@ -175,41 +186,46 @@ def _as_tensor(x, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(device)
 
 
-def _score_chunk(items: Sequence[Item], chunk: list[tuple[int, int]], size: tuple[int, int],
+def _score_chunk(items: Sequence[Item], images: list[int], maps: range, size: tuple[int, int],
                  device: torch.device) -> list[list[dict]]:
-    """The rows of the maps ``chunk`` names (``(item, map)`` pairs of images of one ``size``): ``[M][R]``."""
-    images = sorted({i for i, _ in chunk})
-    slot = {i: b for b, i in enumerate(images)}
-    img = torch.tensor([slot[i] for i, _ in chunk], device=device)    # [M] each map's image
+    """The rows of the maps ``maps`` of each of ``images`` (all of one ``size``), image by image: ``[B·K][R]``."""
+    B, K = len(images), len(maps)
     masks = _Masks(items, images, device)
-    M, U, N = len(chunk), masks.n_slots, size[0] * size[1]
-    values = _prepare([items[i][0][k] for i, k in chunk], size, device).reshape(M, N)   # raw upsampled
+    M, U, N = B * K, masks.n_slots, size[0] * size[1]
+    values = _prepare([items[i][0][k] for i in images for k in maps], size, device).reshape(M, N)  # upsampled
 
-    # min-max normalisation; a constant map becomes zeros and marks no pixel
-    lo, hi = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
+    # min-max normalisation; a constant map becomes zeros (x·h - lo is exactly 0) and marks no pixel
+    lo, hi = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)   # (aminmax: 7x slower on a CPU)
     wide = (hi.double() - lo.double()) > SPAN_LIMIT                     # as minmax_normalise: halve (exactly)
     half = torch.where(wide, 0.5, 1.0).to(values.dtype)                 # x * 1.0 is exact: no sync, no branch
     lo, hi = lo * half, hi * half
     span = hi - lo
     const = (span <= 0)[:, 0]
-    norm = torch.where(span > 0, (values * half - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(values))
-    # Otsu: 256 bins over [0, 1] (values*256 is exact in float32; 1.0 goes to the last bin)
-    bins = (norm * OTSU_BINS).long().clamp_(max=OTSU_BINS - 1)
-    counts = torch.zeros((M, OTSU_BINS), dtype=torch.int64, device=device).scatter_add_(1, bins, torch.ones_like(bins))
-    del bins
-    thresholds = otsu_thresholds(counts.cpu().numpy())                  # the one sync before the end
-    binary = (norm > torch.from_numpy(thresholds).to(device)[:, None]) & ~const[:, None]
+    norm = torch.mul(values, half).sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))
+    thresholds = otsu_thresholds(_otsu_counts(norm))                    # the one sync before the end
+    cut = torch.where(const, float("inf"), torch.from_numpy(thresholds).to(device))
+    binary = norm > cut[:, None]
 
-    cues = _cues(items, images, N, device) if items[chunk[0][0]][3] is not None else None
+    cues = _cues(items, images, N, device) if items[images[0]][3] is not None else None
     stats = torch.full((M, U, 9 + (7 if cues is not None else 0)), float("nan"), dtype=torch.float64, device=device)
-    _mask_sums(stats, img, binary, values.clamp(min=0), norm, masks.gts, masks.valids, cues)
-    del norm
-    _threshold_free_stats(stats, values, img, masks.gts, masks.valids)
+    _mask_sums(stats, binary, values.clamp(min=0), norm, masks.gts, masks.valids, cues)
+    del norm, binary
+    _threshold_free_stats(stats, values, masks.gts, masks.valids)
     table = stats.cpu().numpy()
 
-    return [_map_rows(table[m], masks.slot[slot[i]], items[i][2], None if const[m] else float(thresholds[m]))
-            for m, (i, _) in enumerate(chunk)]
+    return [_map_rows(table[m], masks.slot[m // K], items[images[m // K]][2],
+                      None if const[m] else float(thresholds[m])) for m in range(M)]
+
+
+def _otsu_counts(norm: torch.Tensor) -> np.ndarray:
+    """``[M, 256]`` int64 on the CPU: each normalised map's Otsu histogram, 256 bins over [0, 1] (``x·256`` is
+    exact in float32; 1.0 goes to the last bin)."""
+    M = norm.shape[0]
+    bins = (norm * OTSU_BINS).clamp_(max=OTSU_BINS - 1).long()
+    bins += (torch.arange(M, dtype=bins.dtype, device=norm.device) * OTSU_BINS)[:, None]
+    if norm.device.type == "cpu":
+        return np.bincount(bins.numpy().reshape(-1), minlength=M * OTSU_BINS).reshape(M, OTSU_BINS)
+    return torch.bincount(bins.reshape(-1), minlength=M * OTSU_BINS).view(M, OTSU_BINS).cpu().numpy()
 
 
 def _map_rows(table: np.ndarray, slots: list[int], requests, threshold: float | None) -> list[dict]:
@@ -242,37 +258,35 @@ def _cues(items: Sequence[Item], images: list[int], n: int, device: torch.device
     return torch.stack(cues)
 
 
-def _mask_sums(stats, img, binary, positive, norm, gts, valids, cues) -> None:
+def _mask_sums(stats, binary, positive, norm, gts, valids, cues) -> None:
     """Columns 0-5 of ``stats`` (confusion counts and relevance mass) and, with ``cues``, 9-15 (the cue family's
-    sums, see :func:`_cue_row`): per image, its maps times its slots' masks as matrix products — the binary
-    maps in float32 (0/1 counts below 2**24 are exact), the positive part and the normalised maps in float64."""
-    U, N = gts.shape[1], gts.shape[2]
+    sums, see :func:`_cue_row`): each image's maps (``K`` consecutive rows) times its slots' masks as one
+    batched matrix product — the binary maps in float32 (0/1 counts below 2**24 are exact), the positive part
+    and the normalised maps in float64."""
+    B, U, N = gts.shape
+    K = binary.shape[0] // B
+    masks = [valids, gts]                                                 # each [B, U, N]
+    if cues is not None:
+        on_cue = cues[:, None, :] & valids
+        masks += [on_cue, gts & ~on_cue]
+    columns = torch.cat(masks, dim=1)                                     # [B, C·U, N]
     exact = torch.float32 if N < 2**24 else torch.float64
-    for b in range(gts.shape[0]):
-        rows = (img == b).nonzero()[:, 0]
-        if not len(rows):
-            continue
-        masks = [valids[b], gts[b]]                                       # each [U, N]
-        if cues is not None:
-            on_cue = cues[b] & valids[b]
-            masks += [on_cue, gts[b] & ~on_cue]
-        columns = torch.cat(masks)                                        # [C·U, N]
-        wide = columns.double().T
+    wide = columns.double()
 
-        def on(maps, cols, dtype=torch.float64):   # [k, masks, U]
-            return (maps[rows].to(dtype) @ cols).double().view(len(rows), -1, U)
+    def on(maps, cols, dtype=torch.float64):                              # [M, C, U]
+        return torch.bmm(maps.view(B, K, N).to(dtype), cols.transpose(1, 2)).double().view(B * K, -1, U)
 
-        binary_on = on(binary, columns.to(exact).T, exact)
-        positive_on = on(positive, wide[:, :2 * U])
-        sizes = columns.sum(dim=1).view(len(masks), U).double()
-        stats[rows, :, 0], stats[rows, :, 1] = binary_on[:, 1], binary_on[:, 0]   # tp, predicted valid
-        stats[rows, :, 2], stats[rows, :, 3] = sizes[0], sizes[1]                 # valid, object pixels
-        stats[rows, :, 4], stats[rows, :, 5] = positive_on[:, 0], positive_on[:, 1]   # mass total, on object
-        if cues is not None:
-            norm_on = on(norm, wide)
-            stats[rows, :, 9], stats[rows, :, 10], stats[rows, :, 11] = norm_on[:, 0], norm_on[:, 2], norm_on[:, 3]
-            stats[rows, :, 12], stats[rows, :, 13] = binary_on[:, 2], binary_on[:, 3]
-            stats[rows, :, 14], stats[rows, :, 15] = sizes[2], sizes[3]
+    binary_on = on(binary, columns.to(exact), exact)
+    positive_on = on(positive, wide[:, :2 * U])
+    sizes = wide.sum(dim=2).view(B, 1, len(masks), U).expand(B, K, len(masks), U).reshape(B * K, -1, U)
+    stats[:, :, 0], stats[:, :, 1] = binary_on[:, 1], binary_on[:, 0]    # tp, predicted valid
+    stats[:, :, 2], stats[:, :, 3] = sizes[:, 0], sizes[:, 1]            # valid, object pixels
+    stats[:, :, 4], stats[:, :, 5] = positive_on[:, 0], positive_on[:, 1]   # mass total, on object
+    if cues is not None:
+        norm_on = on(norm, wide)
+        stats[:, :, 9], stats[:, :, 10], stats[:, :, 11] = norm_on[:, 0], norm_on[:, 2], norm_on[:, 3]
+        stats[:, :, 12], stats[:, :, 13] = binary_on[:, 2], binary_on[:, 3]
+        stats[:, :, 14], stats[:, :, 15] = sizes[:, 2], sizes[:, 3]
 
 
 #: slots whose (valid, object) bits ride along one sort: two bits each in the low half of a 64-bit key
@@ -293,25 +307,27 @@ def _sorted_keys(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``[M, N, 2]`` int32: each map's pixels sorted by value, as 64-bit keys whose high word is the value's
     float32 bits made into an order-preserving integer (negative values' magnitude bits flipped; -0.0 is
     made +0.0 first, so that equal values give equal words) and whose low word is the pixel's ``labels``
-    (little-endian: word 0 is the low one). On a CPU the same keys are built and sorted in NumPy."""
+    (little-endian: word 0 is the low one): ``labels`` is ``[B, N]``, one row per image, whose maps are ``K``
+    consecutive rows of ``values``. On a CPU the same keys are built and sorted in NumPy."""
     M, N = values.shape
+    B = labels.shape[0]
     if _numpy_here(values):
         bits = (values.numpy() + np.float32(0.0)).view(np.int32)
         pair = np.empty((M, N, 2), dtype=np.int32)
         flip = np.right_shift(bits, 31)
         np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
         np.bitwise_xor(bits, flip, out=pair[..., 1])
-        pair[..., 0] = labels.numpy()
+        pair.reshape(B, M // B, N, 2)[..., 0] = labels.numpy()[:, None, :]
         keys = np.sort(pair.view(np.int64)[..., 0], axis=1)
         return torch.from_numpy(keys).view(torch.int32).view(M, N, 2)
     bits = (values + 0.0).view(torch.int32)
     pair = torch.empty((M, N, 2), dtype=torch.int32, device=values.device)
     pair[..., 1] = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    pair[..., 0] = labels
+    pair.view(B, M // B, N, 2)[..., 0] = labels[:, None, :]
     return torch.sort(pair.view(torch.int64)[..., 0], dim=1).values.view(torch.int32).view(M, N, 2)
 
 
-def _threshold_free_stats(stats, values, img, gts, valids) -> None:
+def _threshold_free_stats(stats, values, gts, valids) -> None:
     """Columns 6-8 of ``stats`` (pointing game, relevance rank, ROC-AUC): one sort per map, shared by every
     slot; the slots' valid and object bits ride along in the sort keys, and tie groups are runs of equal
     values (see the module doc). Slots without an object pixel in any image are left out (their rows
@@ -324,7 +340,7 @@ def _threshold_free_stats(stats, values, img, gts, valids) -> None:
         labels = torch.zeros(gts.shape[0], N, dtype=torch.int32, device=values.device)
         for bit, u in enumerate(slots):
             labels |= (valids[:, u].int() << (2 * bit)) | (gts[:, u].int() << (2 * bit + 1))
-        keys = _sorted_keys(values, labels[img])
+        keys = _sorted_keys(values, labels)
         value, label = keys[..., 1], keys[..., 0]
         new_run = torch.ones((M, N), dtype=torch.bool, device=values.device)
         new_run[:, 1:] = value[:, 1:] != value[:, :-1]
@@ -334,10 +350,10 @@ def _threshold_free_stats(stats, values, img, gts, valids) -> None:
 
 
 def _bit(words: torch.Tensor, bit: int) -> torch.Tensor:
-    """0/1: bit ``bit`` of each of ``words`` (int32)."""
+    """Non-zero where bit ``bit`` of ``words`` (int32) is set (its value, ``1 << bit``)."""
     if _numpy_here(words):
-        return torch.from_numpy(np.right_shift(words.numpy(), bit) & 1)
-    return (words >> bit) & 1
+        return torch.from_numpy(np.bitwise_and(words.numpy(), np.int32(1 << bit)))
+    return words & (1 << bit)
 
 
 def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
@@ -347,16 +363,39 @@ def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1).nonzero()[:, 0]
 
 
+def _running_count(flags: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """How many of ``flags`` (0/non-zero) are set at or before each position along ``dim``, int32 on a CPU
+    (NumPy's running sum, about twice as fast as torch's) and int64 elsewhere."""
+    if _numpy_here(flags):
+        f = flags.numpy()
+        return torch.from_numpy(np.cumsum(f if f.dtype == bool else f != 0, axis=dim, dtype=np.int32))
+    return torch.cumsum(flags != 0, dim=dim)
+
+
+def _per_row(row: torch.Tensor, weights: torch.Tensor | None, M: int) -> torch.Tensor:
+    """``[M]`` float64: the sum of ``weights`` (1 each when None) over the entries of each ``row``, in order."""
+    if _numpy_here(row):
+        w = None if weights is None else weights.numpy()
+        return torch.from_numpy(np.bincount(row.numpy(), weights=w, minlength=M).astype(np.float64, copy=False))
+    w = torch.ones(row.shape, dtype=torch.float64, device=row.device) if weights is None else weights.double()
+    return torch.zeros(M, dtype=torch.float64, device=row.device).index_add_(0, row, w)
+
+
 class _TieRuns:
-    """Runs of equal values in the row-major flattened sorted keys (every row starts a new run): each
-    position's run, and each run's first and last position."""
+    """Runs of equal values in the row-major flattened sorted keys (every row starts a new run), numbered
+    from 1: ``of`` is each position's run, ``start[r]`` run ``r``'s first position, and ``start`` ends with
+    the total length, so that run ``r`` ends at ``start[r + 1] - 1``."""
 
     def __init__(self, starts_run: torch.Tensor):
-        self.of = torch.cumsum(starts_run, dim=0) - 1
-        self.first = _flat_nonzero(starts_run)
-        self.last = torch.empty_like(self.first)
-        self.last[:-1] = self.first[1:] - 1
-        self.last[-1] = len(starts_run) - 1
+        self.of = _running_count(starts_run)
+        first = _flat_nonzero(starts_run)
+        self.start = torch.empty(len(first) + 2, dtype=first.dtype, device=first.device)
+        self.start[0], self.start[1:-1], self.start[-1] = 0, first, len(starts_run)
+
+    def bounds(self, run: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First and one-past-last position of each ``run``."""
+        run = run.long()
+        return self.start[run], self.start[run + 1]
 
 
 class _ValidCounts:
@@ -367,21 +406,22 @@ class _ValidCounts:
         M, N = label.shape
         self.N = N
         if all_valid:
-            self.upto_at = self.valid = None
+            self.upto_at = None
             self.total = torch.full((M,), float(N), dtype=torch.float64, device=label.device)
         else:
-            valid = _bit(label, shift)
-            upto_at = torch.cumsum(valid, dim=1, dtype=torch.int32)
+            upto_at = _running_count(_bit(label, shift), dim=1)
             self.total = upto_at[:, -1].double()
             self.last_valid = torch.searchsorted(upto_at, upto_at[:, -1:].contiguous())[:, 0].clamp(max=N - 1)
-            self.upto_at, self.valid = upto_at.reshape(-1), valid.reshape(-1)
+            self.upto_at = upto_at.reshape(-1)
 
     def run_bounds(self, runs: _TieRuns, run: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Valid pixels in lower runs and up to the end of each ``run`` (flat run ids), in float64."""
-        first, last = runs.first[run], runs.last[run]
+        first, end = runs.bounds(run)
         if self.upto_at is None:
-            return (first % self.N).double(), (last % self.N + 1).double()
-        return (self.upto_at[first] - self.valid[first]).double(), self.upto_at[last].double()
+            row_start = first - first % self.N
+            return (first - row_start).double(), (end - row_start).double()
+        below = torch.where(first % self.N == 0, 0, self.upto_at[(first - 1).clamp(min=0)])
+        return below.double(), self.upto_at[end - 1].double()
 
     def top_positions(self, M: int) -> torch.Tensor:
         """Each map's highest sorted position that is valid."""
@@ -403,18 +443,17 @@ def _slot_stats(out: torch.Tensor, label: torch.Tensor, shift: int, runs: _TieRu
     counts = _ValidCounts(label, shift, all_valid)
     n = counts.total
     row = on_object // N
-    run = runs.of[on_object]
+    run = runs.of.reshape(-1)[on_object]
     below, upto = counts.run_bounds(runs, run)
     in_run = upto - below
-    zero = torch.zeros(M, dtype=torch.float64, device=label.device)
-    n_pos = zero.index_add(0, row, torch.ones_like(below))
+    n_pos = _per_row(row, None, M)
     # pointing game: the object's share of the highest run holding a valid pixel
-    top = runs.of[torch.arange(M, device=label.device) * N + counts.top_positions(M)]
+    top = runs.of.reshape(-1)[torch.arange(M, device=label.device) * N + counts.top_positions(M)]
     top_below, top_upto = counts.run_bounds(runs, top)
-    out[:, 6] = zero.index_add(0, row, (run == top[row]).double()) / (top_upto - top_below).clamp(min=1.0)
-    take = torch.minimum((n_pos[row] - (n[row] - upto)).clamp(min=0.0), in_run)
-    out[:, 7] = zero.index_add(0, row, take / in_run) / n_pos
-    rank_sum = zero.index_add(0, row, (below + upto + 1.0) / 2.0)
+    out[:, 6] = _per_row(row, run == top[row], M) / (top_upto - top_below).clamp(min=1.0)
+    take = torch.minimum((n_pos[row] - (n[row] - upto)).clamp_(min=0.0), in_run)
+    out[:, 7] = _per_row(row, take.div_(in_run), M) / n_pos
+    rank_sum = _per_row(row, below.add_(upto).add_(1.0), M) / 2.0      # integers: exact in any order
     out[:, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
 
 

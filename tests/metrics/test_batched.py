@@ -118,6 +118,18 @@ def test_one_map_at_a_time_equals_all_together():
         assert score_image([m], mask, REQUESTS)[0] == together[k]
 
 
+def test_images_with_different_numbers_of_maps_and_chunk_sizes_score_alike():
+    """Chunks hold whole images (maps of one image are one block) or one image's maps in ranges; images with
+    different numbers of maps in one call, and any chunk size, give the rows of scoring each image alone."""
+    rng = np.random.default_rng(21)
+    masks = [_mask(rng, (30, 40)), _mask(rng, (30, 40), "objects"), _mask(rng, (30, 40))]
+    maps = [[torch.from_numpy(m) for m in _maps(rng, (30, 40))[:n]] for n in (11, 3, 7)]
+    items = [(maps[b], masks[b], REQUESTS, None) for b in range(3)]
+    alone = [score_image(*items[b][:3]) for b in range(3)]
+    for max_pixels in (1200 * 2, 1200 * 5, 1200 * 40, None):
+        assert score_images(items, max_pixels=max_pixels) == alone, max_pixels
+
+
 def test_images_whose_requests_share_masks_or_not_are_scored_together():
     """``clean`` without classes and ``report`` give the same masks on an image without void pixels (scored
     once, rows copied) but not on one with a void band; both kinds of image in one call."""
