@@ -12,11 +12,10 @@ import threading
 from concurrent.futures import Future
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from dashboard import common, data, data_cf
+from dashboard import charts, common, data, data_cf
 from dashboard import urlstate as us
 from store.shortcuts import CONFIDENT, SURVIVES, VERDICTS
 from store.variants import SHOWN_VARIANTS
@@ -58,14 +57,12 @@ def per_class_section() -> bool:
         return False
     left, right = st.columns([3, 2])
     with left:
-        fig = go.Figure(go.Bar(
-            x=share["gt_target"], y=share["share"], customdata=share[["context_driven", "n"]].to_numpy(),
-            error_y={"type": "data", "symmetric": False, "array": (share["high"] - share["share"]).clip(lower=0),
-                     "arrayminus": (share["share"] - share["low"]).clip(lower=0)},
-            hovertemplate="%{x}: %{y:.2f} (%{customdata[0]} of %{customdata[1]})<extra></extra>"))
-        fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                          yaxis={"title": "share context-driven", "range": [0, 1.05]})
-        st.plotly_chart(fig, key="context_share_chart")
+        st.markdown(charts.interval_bars(
+            share["gt_target"].tolist(), share["share"].tolist(), share["low"].tolist(), share["high"].tolist(),
+            [f"{c}: {s:.2f} ({k} of {n}), 95 % interval {interval(a, b)}" for c, s, k, n, a, b in
+             zip(share["gt_target"], share["share"], share["context_driven"], share["n"], share["low"],
+                 share["high"])],
+            "share context-driven", y_max=1.0), unsafe_allow_html=True)
     with right:
         table = share.assign(interval=[interval(a, b) for a, b in zip(share["low"], share["high"])])
         st.dataframe(table[["gt_target", "context_driven", "n", "share", "interval"]], hide_index=True,

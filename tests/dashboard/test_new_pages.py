@@ -55,6 +55,12 @@ def test_shortcuts_tables_equal_the_store_queries(cf_store, app_at):
     assert shown["n"].to_dict() == share.set_index("gt_target")["n"].to_dict()
     assert shown["context_driven"].to_dict() == share.set_index("gt_target")["context_driven"].to_dict()
     assert shown["context_driven"].sum() > 0 and (shown["context_driven"] < shown["n"]).any()
+    # the chart beside the table: one bar per class, its tooltip the table's numbers
+    chart = [m.value for m in at.markdown if m.value.startswith("<svg")]
+    assert len(chart) == 1
+    tips = re.findall(r"<title>([^<]*)</title>", chart[0])
+    assert [t.split(":")[0] for t in tips] == share["gt_target"].tolist()
+    assert all(f"({k} of {n})" in t for t, k, n in zip(tips, share["context_driven"], share["n"]))
     assert list(table(at, "method_trust_table")["method"]) == list(trust["method"])
     assert table(at, "cue_trust_table")["n_pos"].tolist() == cue["n_pos"].tolist()
     # the evidence list: strongest context reliance first, with every variant and the chosen maps
