@@ -21,6 +21,8 @@ torch (the dashboard never loads it).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -75,13 +77,28 @@ def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 # fills and variants (images as float [H, W, 3] in 0..255)
 
 
-def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of each channel with zero padding, truncated at 3 sigma like the job's kernel; in float32
-    (twice as fast, and far finer than a pixel's 1/255 step)."""
-    from scipy.ndimage import gaussian_filter
+@lru_cache(maxsize=16)
+def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """``[n, n]`` float32 whose row ``i`` holds the weights of a Gaussian of ``sigma`` centred on pixel ``i``,
+    truncated at 3 sigma and normalised over the whole kernel, so that pixels beyond the edge count as zeros:
+    ``matrix @ x`` is ``scipy.ndimage.gaussian_filter1d(x, sigma, mode="constant", truncate=3.0)``."""
+    radius = int(3.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    offset = np.arange(n)[None, :] - np.arange(n)[:, None]
+    matrix = np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
+    matrix = matrix.astype(np.float32)
+    matrix.setflags(write=False)
+    return matrix
 
-    axes = (sigma, sigma, 0) if x.ndim == 3 else (sigma, sigma)
-    return gaussian_filter(x.astype(np.float32), axes, mode="constant", cval=0.0, truncate=3.0).astype(np.float64)
+
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each channel with zero padding, truncated at 3 sigma like the job's kernel: two matrix
+    products (:func:`_gaussian_matrix`, rows then columns) in float32 — several times faster than a direct
+    convolution of this kernel size, and far finer than a pixel's 1/255 step."""
+    rows = np.tensordot(_gaussian_matrix(x.shape[0], float(sigma)), x.astype(np.float32), axes=(1, 0))
+    both = np.tensordot(_gaussian_matrix(x.shape[1], float(sigma)), rows, axes=(1, 1))   # [W, H, ...]
+    return np.swapaxes(both, 0, 1).astype(np.float64)
 
 
 def fill_values(rgb: np.ndarray, keep: np.ndarray, fill: str) -> np.ndarray:

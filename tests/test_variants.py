@@ -95,3 +95,14 @@ def test_fills_agree_with_the_batch_job(fill):
     theirs = cf.replace_region(x, torch.tensor(region)[None], fill, mean, std)[0].permute(1, 2, 0).numpy() * 255
     ours = v.replace_region(rgb, region, fill)
     assert np.abs(ours - theirs).max() < 1e-3   # pixel values 0..255: far below one step
+
+
+@pytest.mark.parametrize("shape,sigma", [((224, 168, 3), 14.0), ((37, 50), 3.1), ((10, 300, 3), 18.75), ((5, 5), 0.3)])
+def test_blur_is_scipys_zero_padded_gaussian(shape, sigma):
+    """The matrix-product blur equals scipy.ndimage's Gaussian filter (zero padding, truncated at 3 sigma),
+    the kernel the batch job's blur mirrors, to float32 rounding."""
+    from scipy.ndimage import gaussian_filter
+
+    x = np.random.default_rng(4).random(shape) * 255
+    want = gaussian_filter(x.astype(np.float32), (sigma, sigma, 0)[:x.ndim], mode="constant", cval=0.0, truncate=3.0)
+    assert np.abs(v._blur(x, sigma) - want).max() < 1e-3
