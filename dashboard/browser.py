@@ -51,12 +51,12 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> N
 def server(store: str | Path, log: Path | None = None):
     """The dashboard of ``store`` served on a free local port for the duration of the block; yields its URL.
     The server (its whole process group) is always stopped afterwards."""
-    from dashboard.launch import command
+    from dashboard.launch import command, server_env
 
     port = free_port()
     out = open(log, "wb") if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(command(store, port=port, host="127.0.0.1"), stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env=server_env(store))
     try:
         wait_healthy(port, proc)
         yield f"http://127.0.0.1:{port}"

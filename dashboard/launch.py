@@ -22,10 +22,20 @@ ENV_STORE = "VITLENS_STORE"
 #: signals that stop the server with the launcher
 STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 STOP_GRACE_S = 10.0
+#: the server's environment unless the user's sets them: one BLAS thread for NumPy, whose matrix products here
+#: are small (the redrawn variants' blur), and whose second thread, spinning beside DuckDB's threads and the
+#: browser on a small machine, slowed them twofold instead of helping (measured)
+SERVER_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 class PortInUse(OSError):
     """The port is already taken (often by a dashboard that is still running); the message says what to do."""
+
+
+def server_env(store: str | Path) -> dict[str, str]:
+    """The environment the server runs in: this one, :data:`SERVER_ENV_DEFAULTS` where it says nothing, and the
+    store's path."""
+    return {**SERVER_ENV_DEFAULTS, **os.environ, ENV_STORE: str(Path(store).expanduser().resolve())}
 
 
 def command(store: str | Path, port: int = 8501, host: str = "localhost") -> list[str]:
@@ -73,7 +83,7 @@ def port_in_use(port: int, host: str = "localhost") -> bool:
 def serve(store: str | Path, port: int = 8501, host: str = "localhost", headless: bool = False) -> int:
     """Run the server until it stops or a stop signal arrives; returns its exit code (0 after a stop signal)."""
     check_port(port, host)
-    env = {**os.environ, ENV_STORE: str(Path(store).expanduser().resolve())}
+    env = server_env(store)
     proc = subprocess.Popen(command(store, port, host), env=env, start_new_session=True)
     stopped = []
 

@@ -19,6 +19,14 @@ def test_command_line(tmp_path):
     assert cmd[-3:] == ["--", "--store", str((tmp_path / "results").resolve())]
 
 
+def test_server_environment_names_the_store_and_one_blas_thread_unless_the_user_says(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    env = launch.server_env(tmp_path)
+    assert env[launch.ENV_STORE] == str(tmp_path.resolve()) and env["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    assert launch.server_env(tmp_path)["OPENBLAS_NUM_THREADS"] == "4"
+
+
 def test_store_path_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("VITLENS_STORE", str(tmp_path / "env"))
     assert store_path(["--store", str(tmp_path / "arg")]) == (tmp_path / "arg").resolve()
