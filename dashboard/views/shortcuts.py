@@ -17,6 +17,7 @@ from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ct
 
 from dashboard import charts, common, data, data_cf
 from dashboard import urlstate as us
+from store.schema import PROTOCOLS
 from store.shortcuts import CONFIDENT, SURVIVES, VERDICTS
 from store.variants import SHOWN_VARIANTS
 
@@ -277,28 +278,61 @@ def choose_fill() -> str | None:
                          "with the fill is a verdict about the fill.")
 
 
-def statistics_meanwhile(cues: bool) -> Future:
-    """Start the statistics drawn below the per-class table (the BG-Gap, the trust tables' per-map rows, the cue
-    table) on a worker thread and return its future. They mostly run outside the GIL (DuckDB, NumPy), so on a
-    protocol or fill not seen before they overlap with the per-class table and the evidence pictures drawn
-    meanwhile instead of adding to them; the page's later calls of the same cached functions are then cache
-    hits. The method-trust table itself is left to the page (its interval follows a toggle)."""
+def compute_statistics(proto: str, cues: bool, page: bool = False) -> None:
+    """Compute (into the caches) the statistics drawn below the per-class table under ``proto``: the BG-Gap,
+    the trust tables' per-map rows, the cue table; with ``page`` also the decisions, the per-class shares and
+    the method-trust table's default intervals, that is everything the page's tables show."""
+    args = (view.store, view.fp, view.run_id, proto)
+    if page:
+        data_cf.statistic(*args, "context_share", FILL)
+    data_cf.method_rows(*args, FILL)
+    for name in ("bg_gap", *(("cue_trust",) if cues else ())):
+        data_cf.statistic(*args, name, FILL)
+    if page:
+        data_cf.method_trust(*args, "normal", FILL)
+
+
+def in_background(work, name: str) -> Future:
+    """Run ``work()`` on a daemon thread attached to this script run; the future holds its outcome."""
     done: Future = Future()
     ctx = get_script_run_ctx()
-    args = (view.store, view.fp, view.run_id, protocol)
 
-    def compute() -> None:
+    def run() -> None:
         add_script_run_ctx(threading.current_thread(), ctx)
         try:
-            data_cf.method_rows(*args, FILL)
-            for name in ("bg_gap", *(("cue_trust",) if cues else ())):
-                data_cf.statistic(*args, name, FILL)
+            work()
             done.set_result(None)
-        except BaseException as e:  # noqa: BLE001 (re-raised on the page's thread by done.result())
+        except BaseException as e:  # noqa: BLE001 (re-raised by done.result() where it is awaited)
             done.set_exception(e)
 
-    threading.Thread(target=compute, name="shortcuts-statistics", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return done
+
+
+def statistics_meanwhile(cues: bool) -> Future:
+    """Start :func:`compute_statistics` of the page's protocol on a worker thread and return its future. They mostly run
+    outside the GIL (DuckDB, NumPy), so on a protocol or fill not seen before they overlap with the per-class
+    table and the evidence pictures drawn meanwhile instead of adding to them; the page's later calls of the
+    same cached functions are then cache hits. The method-trust table itself is left to the page (its interval
+    follows a toggle)."""
+    return in_background(lambda: compute_statistics(protocol, cues), "shortcuts-statistics")
+
+
+@st.cache_resource(show_spinner=False)
+def _prefetched() -> set:
+    """The (store, fingerprint, run, protocol, fill) whose statistics a page has started to compute ahead."""
+    return set()
+
+
+def prefetch_other_protocols(cues: bool) -> None:
+    """Once the page is drawn, compute the other protocols' tables in the background, so that switching the
+    protocol in the sidebar, the page's most common change, finds them cached. A switch made meanwhile waits
+    for the value being computed instead of computing it twice (Streamlit's cache holds a lock per value)."""
+    for proto in PROTOCOLS:
+        key = (view.store, view.fp, view.run_id, proto, FILL)
+        if proto != protocol and key not in _prefetched():
+            _prefetched().add(key)
+            in_background(lambda p=proto: compute_statistics(p, cues, page=True), "shortcuts-prefetch")
 
 
 stored = data_cf.stored_variants(view.store, view.fp, view.run_id)
@@ -322,3 +356,4 @@ else:
             trust_section()
             if cues:
                 cue_section()
+        prefetch_other_protocols(cues)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 
 import pytest
 
@@ -134,6 +135,30 @@ def test_shortcuts_verdict_filter_and_link(cf_store, app_at):
     run(at)
     assert all("verdict **context-driven**" in h for h in card_headers(at))
     assert at.query_params["sc_verdict"] == "context-driven" and at.query_params["sc_maps"] == "rollout"
+
+
+def test_the_other_protocol_is_computed_ahead_and_a_switch_finds_it(tmp_path, app_at, monkeypatch):
+    """Once the page is drawn, the other protocol's tables are computed in the background, so that switching
+    the protocol (the page's most common change) finds them cached. A store of its own: nothing of it is in
+    the process's caches yet."""
+    store = synth_cf.build(tmp_path / "ahead")
+    calls = []
+    real = shortcuts.reliance
+
+    def counting(con, run_id, protocol, *args, **kwargs):
+        calls.append(protocol)
+        return real(con, run_id, protocol, *args, **kwargs)
+
+    monkeypatch.setattr(shortcuts, "reliance", counting)
+    at = goto(app_at(store, protocol="report"), "shortcuts")
+    for t in threading.enumerate():
+        if t.name == "shortcuts-prefetch":
+            t.join(timeout=120)
+    assert calls.count("report") == 1 and calls.count("clean") == 1   # clean: computed ahead, not shown yet
+    at.sidebar.radio(key="protocol").set_value("clean")
+    run(at)
+    assert not at.exception and calls.count("clean") == 1             # the switch found it cached
+    assert table(at, "context_share_table")["n"].sum() > 0
 
 
 def test_shortcuts_follow_the_class_filter(cf_store, app_at):
