@@ -260,9 +260,9 @@ def _cues(items: Sequence[Item], images: list[int], n: int, device: torch.device
 
 def _mask_sums(stats, binary, positive, norm, gts, valids, cues) -> None:
     """Columns 0-5 of ``stats`` (confusion counts and relevance mass) and, with ``cues``, 9-15 (the cue family's
-    sums, see :func:`_cue_row`): each image's maps (``K`` consecutive rows) times its slots' masks as one
-    batched matrix product — the binary maps in float32 (0/1 counts below 2**24 are exact), the positive part
-    and the normalised maps in float64."""
+    sums, see :func:`_cue_row`): each image's maps (``K`` consecutive rows) against its slots' masks — counts of
+    the binary maps' pixels in each mask (:func:`_counts_in`), the positive part's and the normalised maps'
+    sums over each mask in float64 (:func:`_sums_over`)."""
     B, U, N = gts.shape
     K = binary.shape[0] // B
     masks = [valids, gts]                                                 # each [B, U, N]
@@ -270,23 +270,45 @@ def _mask_sums(stats, binary, positive, norm, gts, valids, cues) -> None:
         on_cue = cues[:, None, :] & valids
         masks += [on_cue, gts & ~on_cue]
     columns = torch.cat(masks, dim=1)                                     # [B, C·U, N]
-    exact = torch.float32 if N < 2**24 else torch.float64
-    wide = columns.double()
-
-    def on(maps, cols, dtype=torch.float64):                              # [M, C, U]
-        return torch.bmm(maps.view(B, K, N).to(dtype), cols.transpose(1, 2)).double().view(B * K, -1, U)
-
-    binary_on = on(binary, columns.to(exact), exact)
-    positive_on = on(positive, wide[:, :2 * U])
-    sizes = wide.sum(dim=2).view(B, 1, len(masks), U).expand(B, K, len(masks), U).reshape(B * K, -1, U)
+    binary_on = _counts_in(binary.view(B, K, N), columns).view(B * K, -1, U)
+    positive_on = _sums_over(positive.view(B, K, N), columns[:, :2 * U]).view(B * K, -1, U)
+    sizes = (torch.from_numpy(np.count_nonzero(columns.numpy(), axis=2)) if _numpy_here(columns)
+             else columns.sum(dim=2)).double()
+    sizes = sizes.view(B, 1, len(masks), U).expand(B, K, len(masks), U).reshape(B * K, -1, U)
     stats[:, :, 0], stats[:, :, 1] = binary_on[:, 1], binary_on[:, 0]    # tp, predicted valid
     stats[:, :, 2], stats[:, :, 3] = sizes[:, 0], sizes[:, 1]            # valid, object pixels
     stats[:, :, 4], stats[:, :, 5] = positive_on[:, 0], positive_on[:, 1]   # mass total, on object
     if cues is not None:
-        norm_on = on(norm, wide)
+        norm_on = _sums_over(norm.view(B, K, N), columns).view(B * K, -1, U)
         stats[:, :, 9], stats[:, :, 10], stats[:, :, 11] = norm_on[:, 0], norm_on[:, 2], norm_on[:, 3]
         stats[:, :, 12], stats[:, :, 13] = binary_on[:, 2], binary_on[:, 3]
         stats[:, :, 14], stats[:, :, 15] = sizes[:, 2], sizes[:, 3]
+
+
+def _counts_in(binary: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``[B, K, C]`` float64: how many pixels of each of an image's ``K`` binary maps (``[B, K, N]``) lie in each
+    of its ``C`` masks (``[B, C, N]``). On a CPU through NumPy, 64 pixels a word (bit-packed AND and popcount);
+    elsewhere as a batched float32 matrix product, exact for counts below 2**24 (float64 beyond)."""
+    if _numpy_here(binary):
+        words = np.packbits(binary.numpy(), axis=2)
+        cols = np.packbits(masks.numpy(), axis=2)
+        pad = (-words.shape[2]) % 8                                     # whole 64-bit words
+        if pad:
+            words = np.pad(words, ((0, 0), (0, 0), (0, pad)))
+            cols = np.pad(cols, ((0, 0), (0, 0), (0, pad)))
+        both = words.view(np.uint64)[:, :, None, :] & cols.view(np.uint64)[:, None, :, :]   # [B, K, C, words]
+        return torch.from_numpy(np.bitwise_count(both).sum(axis=3, dtype=np.int64).astype(np.float64))
+    exact = torch.float32 if binary.shape[2] < 2**24 else torch.float64
+    return torch.bmm(binary.to(exact), masks.to(exact).transpose(1, 2)).double()
+
+
+def _sums_over(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``[B, K, C]`` float64: the sum of each of an image's ``K`` maps (``[B, K, N]``) over each of its ``C``
+    masks (``[B, C, N]``), as a batched float64 matrix product (NumPy's on a CPU: faster than torch's here)."""
+    if _numpy_here(maps):
+        return torch.from_numpy(np.matmul(maps.numpy().astype(np.float64),
+                                          masks.numpy().astype(np.float64).transpose(0, 2, 1)))
+    return torch.bmm(maps.double(), masks.double().transpose(1, 2))
 
 
 #: slots whose (valid, object) bits ride along one sort: two bits each in the low half of a 64-bit key
