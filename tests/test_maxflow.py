@@ -297,3 +297,15 @@ def test_a_pool_whose_worker_died_is_replaced_not_reused(monkeypatch):
     monkeypatch.setattr(flow_pool, "layered_max_flows", not_here)
     assert np.array_equal(batched_layered_max_flows(caps, sources, 0, workers=1, in_process=False), want)
     assert flow_pool._pool(1) is not pool
+
+
+def test_pool_workers_run_at_a_lower_priority_than_the_job():
+    """The max-flow workers compute in the background: they yield the CPU to the job's own stages."""
+    import os
+
+    import compute.layers.flow_pool as flow_pool
+    from compute.children import BACKGROUND_NICENESS
+
+    ours = os.nice(0)
+    theirs = flow_pool._pool(1).submit(os.nice, 0).result(timeout=120)
+    assert theirs == min(19, ours + BACKGROUND_NICENESS)

@@ -30,7 +30,7 @@ def _pool_locked(workers: int):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from compute.children import end_with_parent
+    from compute.children import background_worker
 
     if getattr(_POOLS.get(workers), "_broken", False):  # a worker of it died (killed, out of memory)
         _POOLS.pop(workers).shutdown(wait=False, cancel_futures=True)
@@ -39,8 +39,9 @@ def _pool_locked(workers: int):
         ctx = mp.get_context(method)
         if method == "forkserver":
             ctx.set_forkserver_preload(["compute.children", __name__])
-        # its workers die with the forkserver, which ends when this process does (compute.children)
-        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=end_with_parent)
+        # its workers die with the forkserver, which ends when this process does, and yield the CPU to it
+        # (compute.children)
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=background_worker)
         if len(_POOLS) == 1:
             atexit.register(_shutdown_pools)
     return _POOLS[workers]
