@@ -168,10 +168,19 @@ def encode_heatmap(heatmap: np.ndarray) -> bytes:
     Scaling by the largest magnitude first keeps float16's ~3 significant digits for every map, however small
     its raw values (e.g. input gradients of a weak model would otherwise fall below float16's normal range).
     """
-    m = np.asarray(heatmap, dtype=np.float32)
-    peak = float(np.max(np.abs(m))) if m.size else 0.0
-    scale = peak if np.isfinite(peak) and peak > 0 else 1.0
-    return np.float32(scale).astype("<f4").tobytes() + np.ascontiguousarray(m / scale, dtype="<f2").tobytes()
+    return encode_heatmaps(np.asarray(heatmap)[None])[0]
+
+
+def encode_heatmaps(heatmaps: np.ndarray) -> list[bytes]:
+    """:func:`encode_heatmap` of each map of ``heatmaps`` (``[n, h, w]``), computed together."""
+    m = np.asarray(heatmaps, dtype=np.float32)
+    n = m.shape[0]
+    flat = m.reshape(n, -1)
+    peak = np.abs(flat).max(axis=1) if flat.shape[1] else np.zeros(n, np.float32)
+    scale = np.where(np.isfinite(peak) & (peak > 0), peak, np.float32(1.0)).astype(np.float32)
+    halves = np.ascontiguousarray(flat / scale[:, None], dtype="<f2")
+    heads = scale.astype("<f4")
+    return [heads[i].tobytes() + halves[i].tobytes() for i in range(n)]
 
 
 def decode_heatmap(data: bytes, height: int, width: int) -> np.ndarray:

@@ -196,6 +196,23 @@ def test_heatmap_codec_keeps_three_digits_at_any_magnitude():
     assert decode_heatmap(legacy, 2, 3).tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
+def test_heatmaps_encoded_together_are_the_stored_format_byte_for_byte():
+    """A float32 scale (the largest magnitude; 1 for an all-zero or non-finite map), then the map divided by it
+    as little-endian float16: written out here per map, against the batch job's encoding of a whole stack."""
+    import numpy as np
+
+    from store.schema import encode_heatmaps
+
+    rng = np.random.default_rng(1)
+    maps = (rng.standard_normal((6, 5, 7)) * np.array([1e-8, 1e-3, 1, 1e3, 0, 1])[:, None, None]).astype(np.float32)
+    maps[5, 0, 0] = np.nan
+    for m, got in zip(maps, encode_heatmaps(maps)):
+        peak = float(np.max(np.abs(m)))
+        scale = peak if np.isfinite(peak) and peak > 0 else 1.0
+        assert got == np.float32(scale).astype("<f4").tobytes() + (m / np.float32(scale)).astype("<f2").tobytes()
+    assert encode_heatmaps(np.zeros((2, 0, 3), np.float32)) == [np.float32(1).tobytes()] * 2
+
+
 def test_uncommitted_parts_are_invisible_and_removed_only_once_stale(store, tmp_path):
     import os
     import shutil

@@ -16,7 +16,7 @@ from compute.metrics.batched import score_images
 from compute.models import LoadedModel
 from compute.runner.context import RunContext
 from compute.runner.passes import Pass, PassOutputs
-from store.schema import encode_heatmap
+from store.schema import encode_heatmaps
 
 # method key -> (method, its maps of a pass [n, h, w], seconds per image)
 PassMaps = dict[str, tuple[Method, torch.Tensor, float]]
@@ -112,6 +112,7 @@ def score_pass(plan: Pass, outputs: PassOutputs, items: list[dict], todo: dict, 
     with ctx.times.timed("scoring"):
         probs = None if ctx.loaded.headless else torch.softmax(outputs.logits, dim=-1)
         maps_np = {key: out.cpu().numpy() for key, (_, out, _) in maps.items()}
+        encoded = {key: encode_heatmaps(out) for key, out in maps_np.items()}  # each map's stored bytes
         owed = []  # (j, image, methods that still owe rows, the rows' ground truths)
         for j, it in enumerate(items):
             left = todo[it["image_id"]].get(plan.unit(j), {})  # method key -> protocols still owed
@@ -121,7 +122,8 @@ def score_pass(plan: Pass, outputs: PassOutputs, items: list[dict], todo: dict, 
         scored = _scores(plan, owed, maps, ctx, batch)
         for (j, it, keys, truths), scores in zip(owed, scored):
             if scores is not None:
-                _add_rows(plan, outputs, probs, j, it, keys, truths, scores, todo, maps, maps_np, curves, ctx, batch)
+                _add_rows(plan, outputs, probs, j, it, keys, truths, scores, todo, maps, maps_np, encoded, curves, ctx,
+                          batch)
 
 
 def _truths(plan: Pass, outputs: PassOutputs, j: int, it: dict, ctx: RunContext) -> list[tuple]:
@@ -156,8 +158,8 @@ def _scores(plan: Pass, owed: list[tuple], maps: PassMaps, ctx: RunContext, batc
 
 
 def _add_rows(plan: Pass, outputs: PassOutputs, probs, j: int, it: dict, keys: list[str], truths: list[tuple],
-              scores: list, todo: dict, maps: PassMaps, maps_np: dict, curves: dict, ctx: RunContext,
-              batch: BatchRows) -> None:
+              scores: list, todo: dict, maps: PassMaps, maps_np: dict, encoded: dict, curves: dict,
+              ctx: RunContext, batch: BatchRows) -> None:
     """The rows of the pass's ``j``-th image (``it``), for the methods ``keys`` that still owe some."""
     loaded, cmap, class_names = ctx.loaded, ctx.cmap, ctx.class_names
     left = todo[it["image_id"]].get(plan.unit(j), {})
@@ -167,18 +169,19 @@ def _add_rows(plan: Pass, outputs: PassOutputs, probs, j: int, it: dict, keys: l
     target_class = voc if voc is not None else (tc if tc >= 0 else None)
     target_label = (class_name(class_names, voc) if voc is not None
                     else loaded.label(tc) if tc >= 0 else plan.target.kind)
+    image = {  # what every row of the image shares, whatever the method
+        "image_id": it["image_id"], "split": ctx.config.split, "model": loaded.name,
+        "target_kind": plan.target.kind, "target_class": target_class, "target_label": target_label,
+        "target_value": outputs.target_value[j], "pred_class": pred,
+        "pred_label": loaded.label(pred) if pred is not None else None,
+        "confidence": float(probs[j, pred]) if probs is not None else None,
+        "gt_classes": ",".join(class_name(class_names, c) for c in it["classes"]),
+        "image_group": it["meta"].get("group"),
+        "correct": cmap.correct(pred, it["classes"]) if cmap is not None and pred is not None else None,
+    }
     for key, per_protocol in zip(keys, scores):
         m, _, seconds = maps[key]
-        common = {
-            "image_id": it["image_id"], "split": ctx.config.split, "model": loaded.name, "method": m.key,
-            "target_kind": plan.target.kind, "target_class": target_class, "target_label": target_label,
-            "target_value": outputs.target_value[j], "pred_class": pred,
-            "pred_label": loaded.label(pred) if pred is not None else None,
-            "confidence": float(probs[j, pred]) if probs is not None else None,
-            "gt_classes": ",".join(class_name(class_names, c) for c in it["classes"]), "seconds": seconds,
-            "image_group": it["meta"].get("group"),
-            "correct": cmap.correct(pred, it["classes"]) if cmap is not None and pred is not None else None,
-        }
+        common = {**image, "method": m.key, "seconds": seconds}
         if key in curves:
             common["deletion_auc"] = float(curves[key].deletion_auc[j])
             common["insertion_auc"] = float(curves[key].insertion_auc[j])
@@ -190,7 +193,7 @@ def _add_rows(plan: Pass, outputs: PassOutputs, probs, j: int, it: dict, keys: l
         heatmap = maps_np[key][j]
         batch.heatmaps.append({"image_id": it["image_id"], "method": m.key, "target_kind": plan.target.kind,
                                "target_class": target_class, "height": heatmap.shape[0],
-                               "width": heatmap.shape[1], "data": encode_heatmap(heatmap)})
+                               "width": heatmap.shape[1], "data": encoded[key][j]})
 
 
 def image_rows(items: list[dict], logits: torch.Tensor, loaded: LoadedModel, split: str, class_names,
