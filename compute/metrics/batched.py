@@ -100,9 +100,9 @@ def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], d
 #: and a single map of a huge image (e.g. 6000×4000) is scored alone in about 2.4 GB
 MAX_PIXELS = 1 << 23
 #: the same on a CPU, where a chunk that stays near the cache is faster than a large one (measured, one thread:
-#: 13 maps of 375×500 images under two protocols 0.18–0.20 s/image at 2**19, 0.22 s at 2**18, 0.23–0.25 s at
-#: 2**17; the demo's 96×96 maps take the same time at 2**17 and 2**19)
-MAX_PIXELS_CPU = 1 << 19
+#: 13 maps of 375×500 images under two protocols 0.134–0.136 s/image at 2**20, 0.14–0.15 s at 2**19 and
+#: 2**22, 0.16 s at 2**17 and 2**18; the demo's 96×96 maps 0.87 s at 2**20, 0.90 s at 2**19, 0.99 s at 2**21)
+MAX_PIXELS_CPU = 1 << 20
 
 #: one image to score: its maps (each 2-D, any resolution), class-index mask, ``(protocol, gt_classes)``
 #: requests and optional cue mask
