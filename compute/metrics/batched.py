@@ -16,8 +16,9 @@ bounded whatever the number of methods or the image size:
   so the threshold is bit-for-bit the one ``skimage.filters.threshold_otsu`` returns;
 - the requests' masks: a request whose object and valid masks equal another's on the same image (``clean``
   and ``report`` on an image of one class without void pixels) is scored once and its row copied;
-- confusion counts and relevance mass: each image's maps times its masks, one batched matrix product (binary
-  maps in float32, exact for 0/1 counts; masses in float64);
+- confusion counts and relevance mass: each image's maps against its masks, all of a chunk's images at once
+  (the binary maps' pixel counts per mask by bit-packed AND and popcount on a CPU, by a float32 product on a
+  GPU, exact either way; the masses by float64 products);
 - threshold-free metrics: one sort per map, shared by every request. Each pixel becomes a 64-bit key, its
   value's float32 bits made order-preserving in the high word and every request's valid/object bits in the
   low word, so a single sort of plain integers (NumPy's vectorised sort on a CPU, several times faster than
@@ -223,7 +224,7 @@ def _otsu_counts(norm: torch.Tensor) -> np.ndarray:
     M = norm.shape[0]
     bins = (norm * OTSU_BINS).clamp_(max=OTSU_BINS - 1).long()
     bins += (torch.arange(M, dtype=bins.dtype, device=norm.device) * OTSU_BINS)[:, None]
-    if norm.device.type == "cpu":
+    if _numpy_here(norm):
         return np.bincount(bins.numpy().reshape(-1), minlength=M * OTSU_BINS).reshape(M, OTSU_BINS)
     return torch.bincount(bins.reshape(-1), minlength=M * OTSU_BINS).view(M, OTSU_BINS).cpu().numpy()
 
@@ -465,12 +466,12 @@ def _slot_stats(out: torch.Tensor, label: torch.Tensor, shift: int, runs: _TieRu
     counts = _ValidCounts(label, shift, all_valid)
     n = counts.total
     row = on_object // N
-    run = runs.of.reshape(-1)[on_object]
+    run = runs.of[on_object]
     below, upto = counts.run_bounds(runs, run)
     in_run = upto - below
     n_pos = _per_row(row, None, M)
     # pointing game: the object's share of the highest run holding a valid pixel
-    top = runs.of.reshape(-1)[torch.arange(M, device=label.device) * N + counts.top_positions(M)]
+    top = runs.of[torch.arange(M, device=label.device) * N + counts.top_positions(M)]
     top_below, top_upto = counts.run_bounds(runs, top)
     out[:, 6] = _per_row(row, run == top[row], M) / (top_upto - top_below).clamp(min=1.0)
     take = torch.minimum((n_pos[row] - (n[row] - upto)).clamp_(min=0.0), in_run)
