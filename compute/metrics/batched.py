@@ -364,6 +364,9 @@ def _threshold_free_stats(stats, values, gts, valids) -> None:
         for bit, u in enumerate(slots):
             labels |= (valids[:, u].int() << (2 * bit)) | (gts[:, u].int() << (2 * bit + 1))
         keys = _sorted_keys(values, labels)
+        if len(slots) == 1 and _numpy_here(keys):
+            _one_slot_stats(stats[:, slots[0]], keys.numpy(), all_valid=bool(valids[:, slots[0]].all()))
+            continue
         value, label = keys[..., 1], keys[..., 0]
         new_run = torch.ones((M, N), dtype=torch.bool, device=values.device)
         new_run[:, 1:] = value[:, 1:] != value[:, :-1]
@@ -478,6 +481,93 @@ def _slot_stats(out: torch.Tensor, label: torch.Tensor, shift: int, runs: _TieRu
     out[:, 7] = _per_row(row, take.div_(in_run), M) / n_pos
     rank_sum = _per_row(row, below.add_(upto).add_(1.0), M) / 2.0      # integers: exact in any order
     out[:, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
+
+
+def _one_slot_stats(out: torch.Tensor, keys: np.ndarray, all_valid: bool) -> None:
+    """:func:`_slot_stats` of a sort that carries one slot (label bits: 1 valid, 2 object), in NumPy, without
+    tie runs. Within a run of equal values the keys are ordered by label, so a run's object pixels come last,
+    after its valid non-object ones. An object pixel at sorted position ``p`` therefore has exactly
+    ``valid_before(p) - j`` valid non-object pixels at or below its value (``j``: the object pixels before it
+    in its row), and the ROC-AUC's Mann-Whitney count is their sum less half of the ties with non-object pixels,
+    which only the runs holding both kinds have. The pointing game and the top-``n_pos`` share need the bounds
+    of two runs per map (the highest valid one, the one at the cut), found by binary search of the sorted
+    keys. Every count is an integer, so the ROC-AUC and the pointing game equal the tie-run computation's to
+    the bit; the top-``n_pos`` share sums the same terms in another order."""
+    M, N = keys.shape[:2]
+    key = keys.view(np.int64)[..., 0]                                   # [M, N]: (value << 32) | label, sorted
+    flat = key.reshape(-1)
+    rows = np.arange(M)
+    on_object = np.flatnonzero(keys[..., 0] & 2)                        # sorted flat positions
+    offs = np.searchsorted(on_object, rows * N)
+    ends = np.append(offs[1:], len(on_object))
+    n_pos = ends - offs
+    if all_valid:
+        upto = None
+        n = np.full(M, N, dtype=np.int64)
+        before_object = on_object - np.repeat(rows * N, n_pos)          # valid pixels before each object pixel
+    else:
+        upto = np.cumsum(keys[..., 0] & 1, axis=1, dtype=np.int64)      # valid pixels up to each position
+        n = upto[:, -1]
+        before_object = upto.reshape(-1)[on_object] - 1
+
+    def valid_before(m: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """Valid pixels of rows ``m`` before in-row positions ``at`` (``at`` may be ``N``)."""
+        if upto is None:
+            return at
+        return np.where(at > 0, upto[m, np.maximum(at - 1, 0)], 0)
+
+    def run_start(m: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """In-row position of the first key of ``value`` in rows ``m`` (sorted by row)."""
+        return _search_rows(key, m, value << 32, "left")
+
+    # ROC-AUC: Mann-Whitney count over object pixels, ties with non-object pixels counted half
+    running = np.concatenate(([0], np.cumsum(before_object)))
+    at_or_below = running[ends] - running[offs] - n_pos * (n_pos - 1) // 2
+    value_of = flat[on_object] >> 32
+    first_of_block = np.ones(len(on_object), dtype=bool)                 # object pixels of one run, per row
+    first_of_block[1:] = value_of[1:] != value_of[:-1]
+    first_of_block[offs[n_pos > 0]] = True
+    blocks = np.flatnonzero(first_of_block)
+    block_len = np.diff(np.append(blocks, len(on_object)))
+    q = on_object[blocks]
+    shared = (q % N > 0) & ((flat[q - 1] >> 32) == value_of[blocks])   # the run also holds non-object pixels
+    m_s, q_s = q[shared] // N, q[shared] % N
+    ties = valid_before(m_s, q_s) - valid_before(m_s, run_start(m_s, value_of[blocks][shared]))
+    half_ties = np.bincount(m_s, weights=block_len[shared] * ties, minlength=M) / 2.0
+    pairs = n_pos * (n - n_pos)
+
+    # pointing game: the object's share of the highest run holding a valid pixel
+    top = np.full(M, N - 1) if upto is None else np.argmax(upto == n[:, None], axis=1)
+    top_start = run_start(rows, key[rows, top] >> 32)
+    top_valid = n - valid_before(rows, top_start)
+    top_objects = ends - np.searchsorted(on_object, rows * N + top_start)
+
+    # top-n_pos share: objects in runs above the cut count fully, the run across it by its overlap
+    cut = n - n_pos                                                      # valid pixels below the top n_pos
+    at_cut = cut if upto is None else _search_rows(upto, rows, cut + 1, "left")
+    at_cut = np.minimum(at_cut, N - 1)
+    cut_value = key[rows, at_cut] >> 32
+    lo, hi = run_start(rows, cut_value), _search_rows(key, rows, (cut_value << 32) | 0xFFFFFFFF, "right")
+    below, through = valid_before(rows, lo), valid_before(rows, hi)
+    across = below < cut
+    above = ends - np.searchsorted(on_object, rows * N + np.where(across, hi, lo))
+    in_run = np.searchsorted(on_object, rows * N + hi) - np.searchsorted(on_object, rows * N + lo)
+    share = np.where(across, in_run * (through - cut) / np.maximum(through - below, 1), 0.0)
+
+    t = torch.from_numpy
+    out[:, 6] = t(top_objects.astype(np.float64)) / t(np.maximum(top_valid, 1).astype(np.float64))
+    out[:, 7] = t(above + share) / t(n_pos.astype(np.float64))
+    out[:, 8] = t(at_or_below - half_ties) / t(pairs.astype(np.float64))
+
+
+def _search_rows(sorted_rows: np.ndarray, m: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
+    """For each ``(m[i], values[i])`` (``m`` non-decreasing), the in-row insertion point of ``values[i]`` in row
+    ``m[i]`` of ``sorted_rows`` (each row sorted): one binary search per row."""
+    out = np.empty(len(m), dtype=np.int64)
+    starts = np.flatnonzero(np.diff(m, prepend=-1))
+    for a, b in zip(starts, np.append(starts[1:], len(m))):
+        out[a:b] = np.searchsorted(sorted_rows[m[a]], values[a:b], side=side)
+    return out
 
 
 def _row(s: np.ndarray, threshold: float | None, undefined: bool) -> dict:

@@ -79,6 +79,25 @@ def test_every_map_and_request_equals_the_reference(kind, shape):
             _assert_rows_equal(got[k][r], want, f"map {k} {protocol} {classes}")
 
 
+@pytest.mark.parametrize("kind", ["mixed", "objects", "void", "background"])
+@pytest.mark.parametrize("request_", [("report", None), ("clean", None), ("clean", [8]), ("clean", [3])])
+def test_a_single_request_equals_the_reference(kind, request_):
+    """One request per image: its one slot takes the sort's own path (no tie runs: a run's object pixels come
+    last in it). Every map kind (ties, signed zeros, constant, non-finite, pixel resolution), with and without
+    void pixels, several images at once and one at a time."""
+    rng = np.random.default_rng(17)
+    masks = [_mask(rng, (37, 53), kind) for _ in range(3)]
+    if kind == "background":
+        masks[0][3:20, 5:30] = 8
+    maps = [[torch.from_numpy(m) for m in _maps(rng, (37, 53))] for _ in range(3)]
+    got = score_images([(maps[b], masks[b], [request_], None) for b in range(3)])
+    for b in range(3):
+        assert got[b] == score_images([(maps[b], masks[b], [request_], None)], max_pixels=37 * 53)[0]
+        for k, m in enumerate(maps[b]):
+            want = score(m.numpy(), masks[b], request_[0], gt_classes=request_[1])
+            _assert_rows_equal(got[b][k][0], want, f"image {b} map {k} {request_} {kind}")
+
+
 @pytest.mark.parametrize("cue_kind", ["strip", "empty"])
 def test_cue_columns_equal_the_reference(cue_kind):
     rng = np.random.default_rng(7)
