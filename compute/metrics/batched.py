@@ -497,7 +497,8 @@ def _one_slot_stats(out: torch.Tensor, keys: np.ndarray, all_valid: bool) -> Non
     key = keys.view(np.int64)[..., 0]                                   # [M, N]: (value << 32) | label, sorted
     flat = key.reshape(-1)
     rows = np.arange(M)
-    on_object = np.flatnonzero(keys[..., 0] & 2)                        # sorted flat positions
+    label = keys.view(np.uint8)[..., 0]                                 # the label's low byte (little-endian)
+    on_object = np.flatnonzero(label & 2)                               # sorted flat positions
     offs = np.searchsorted(on_object, rows * N)
     ends = np.append(offs[1:], len(on_object))
     n_pos = ends - offs
@@ -506,7 +507,7 @@ def _one_slot_stats(out: torch.Tensor, keys: np.ndarray, all_valid: bool) -> Non
         n = np.full(M, N, dtype=np.int64)
         before_object = on_object - np.repeat(rows * N, n_pos)          # valid pixels before each object pixel
     else:
-        upto = np.cumsum(keys[..., 0] & 1, axis=1, dtype=np.int64)      # valid pixels up to each position
+        upto = np.cumsum(label & 1, axis=1, dtype=np.int64)             # valid pixels up to each position
         n = upto[:, -1]
         before_object = upto.reshape(-1)[on_object] - 1
 
