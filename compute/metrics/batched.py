@@ -26,7 +26,10 @@ bounded whatever the number of methods or the image size:
   equal high words; per object pixel, the valid pixels below its group and up to its group's end give its
   mid-rank and its share of the top-``K`` cut, and the maximum's group gives the pointing game — the
   formulas of :mod:`compute.metrics.threshold_free` in float64 (void pixels weigh 0, which leaves the
-  groups of the valid pixels exactly as the reference forms them);
+  groups of the valid pixels exactly as the reference forms them). When a sort carries a single request's
+  masks (one request, or requests whose masks coincide), its keys also order each tie group's object pixels
+  last, and the ranks follow from the object pixels' positions without tie groups
+  (:func:`_one_slot_stats`);
 - the cue family (only when a cue mask is given) from the same normalised and binary maps.
 
 Sums run in another order than NumPy's, so float64 results can differ from the reference in the last bits
