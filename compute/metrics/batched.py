@@ -524,6 +524,10 @@ def _one_slot_stats(out: torch.Tensor, keys: np.ndarray, all_valid: bool) -> Non
         """In-row position of the first key of ``value`` in rows ``m`` (sorted by row)."""
         return _search_rows(key, m, value << 32, "left")
 
+    def objects_from(at: np.ndarray) -> np.ndarray:
+        """Object pixels of each row at or after its in-row position ``at``."""
+        return ends - np.searchsorted(on_object, rows * N + at)
+
     # ROC-AUC: Mann-Whitney count over object pixels, ties with non-object pixels counted half
     running = np.concatenate(([0], np.cumsum(before_object)))
     at_or_below = running[ends] - running[offs] - n_pos * (n_pos - 1) // 2
@@ -544,7 +548,7 @@ def _one_slot_stats(out: torch.Tensor, keys: np.ndarray, all_valid: bool) -> Non
     top = np.full(M, N - 1) if upto is None else np.argmax(upto == n[:, None], axis=1)
     top_start = run_start(rows, key[rows, top] >> 32)
     top_valid = n - valid_before(rows, top_start)
-    top_objects = ends - np.searchsorted(on_object, rows * N + top_start)
+    top_objects = objects_from(top_start)
 
     # top-n_pos share: objects in runs above the cut count fully, the run across it by its overlap
     cut = n - n_pos                                                      # valid pixels below the top n_pos
@@ -554,8 +558,9 @@ def _one_slot_stats(out: torch.Tensor, keys: np.ndarray, all_valid: bool) -> Non
     lo, hi = run_start(rows, cut_value), _search_rows(key, rows, (cut_value << 32) | 0xFFFFFFFF, "right")
     below, through = valid_before(rows, lo), valid_before(rows, hi)
     across = below < cut
-    above = ends - np.searchsorted(on_object, rows * N + np.where(across, hi, lo))
-    in_run = np.searchsorted(on_object, rows * N + hi) - np.searchsorted(on_object, rows * N + lo)
+    from_lo, from_hi = objects_from(lo), objects_from(hi)
+    above = np.where(across, from_hi, from_lo)
+    in_run = from_lo - from_hi
     share = np.where(across, in_run * (through - cut) / np.maximum(through - below, 1), 0.0)
 
     t = torch.from_numpy
