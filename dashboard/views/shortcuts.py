@@ -56,16 +56,15 @@ def per_class_section() -> bool:
         st.info("No confident, correct decision with a verdict under this protocol (a headless model's scores are "
                 "not probabilities, and correctness must be known).")
         return False
+    table = share.assign(interval=[interval(a, b) for a, b in zip(share["low"], share["high"])])
     left, right = st.columns([3, 2])
     with left:
         st.markdown(charts.interval_bars(
-            share["gt_target"].tolist(), share["share"].tolist(), share["low"].tolist(), share["high"].tolist(),
-            [f"{c}: {s:.2f} ({k} of {n}), 95 % interval {interval(a, b)}" for c, s, k, n, a, b in
-             zip(share["gt_target"], share["share"], share["context_driven"], share["n"], share["low"],
-                 share["high"])],
+            table["gt_target"].tolist(), table["share"].tolist(), table["low"].tolist(), table["high"].tolist(),
+            [f"{c}: {s:.2f} ({k} of {n}), 95 % interval {i}" for c, s, k, n, i in
+             zip(table["gt_target"], table["share"], table["context_driven"], table["n"], table["interval"])],
             "share context-driven", y_max=1.0), unsafe_allow_html=True)
     with right:
-        table = share.assign(interval=[interval(a, b) for a, b in zip(share["low"], share["high"])])
         st.dataframe(table[["gt_target", "context_driven", "n", "share", "interval"]], hide_index=True,
                      key="context_share_table", column_config={
                          "gt_target": st.column_config.TextColumn("Class"),
