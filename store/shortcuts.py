@@ -333,7 +333,7 @@ def cue_trust_table(rows: pd.DataFrame, seed: int = 0, resamples: int = BOOTSTRA
     return _best_auc_first(out, ["method", "n_pos", "n_neg", "auc", "auc_low", "auc_high"])
 
 
-__all__ = ["CONFIDENT", "SURVIVES", "BOOTSTRAP", "VERDICTS", "TRUST_COLUMNS", "trust_row", "fills", "reliance", "method_rows",
-           "context_share_by_class", "context_share_table", "bg_gap", "bg_gap_table", "method_trust",
+__all__ = ["CONFIDENT", "SURVIVES", "BOOTSTRAP", "VERDICTS", "TRUST_COLUMNS", "trust_row", "fills", "reliance",
+           "method_rows", "context_share_by_class", "context_share_table", "bg_gap", "bg_gap_table", "method_trust",
            "method_trust_table", "cue_trust", "cue_trust_table", "resample_indices", "rank_average", "spearman",
            "roc_auc"]
