@@ -11,26 +11,27 @@ of images of one size go through each step as one ``[M, pixels]`` tensor, cut in
 bounded whatever the number of methods or the image size:
 
 - upsampling: one ``F.interpolate`` per map resolution (the same bilinear kernel as :func:`upsample`);
-- min-max normalisation and the Otsu histogram on the device; Otsu's choice of bin is then made on the CPU
-  from the ``M × 256`` counts with scikit-image's own float32 arithmetic (:func:`store.maps.otsu_thresholds`),
+- min-max normalisation, Otsu's histogram and threshold, the binary map; Otsu's choice of bin is made on the
+  CPU from the ``M × 256`` counts with scikit-image's own float32 arithmetic (:func:`store.maps.otsu_thresholds`),
   so the threshold is bit-for-bit the one ``skimage.filters.threshold_otsu`` returns;
 - the requests' masks: a request whose object and valid masks equal another's on the same image (``clean``
   and ``report`` on an image of one class without void pixels) is scored once and its row copied;
-- confusion counts and relevance mass: each image's maps against its masks, all of a chunk's images at once
-  (the binary maps' pixel counts per mask by bit-packed AND and popcount on a CPU, by a float32 product on a
-  GPU, exact either way; the masses by float64 products);
-- threshold-free metrics: one sort per map, shared by every request. Each pixel becomes a 64-bit key, its
-  value's float32 bits made order-preserving in the high word and every request's valid/object bits in the
-  low word, so a single sort of plain integers (NumPy's vectorised sort on a CPU, several times faster than
-  an argsort) yields the sorted values and, riding along, each request's masks. Tie groups are runs of
-  equal high words; per object pixel, the valid pixels below its group and up to its group's end give its
-  mid-rank and its share of the top-``K`` cut, and the maximum's group gives the pointing game — the
-  formulas of :mod:`compute.metrics.threshold_free` in float64 (void pixels weigh 0, which leaves the
-  groups of the valid pixels exactly as the reference forms them). When a sort carries a single request's
-  masks (one request, or requests whose masks coincide), its keys also order each tie group's object pixels
-  last, and the ranks follow from the object pixels' positions without tie groups
-  (:func:`_one_slot_stats`);
+- relevance mass (and the cue family's sums): each image's maps against its distinct masks, all of a chunk's
+  images at once, as float64 matrix products;
+- threshold-free metrics: one sort per map, shared by every request;
 - the cue family (only when a cue mask is given) from the same normalised and binary maps.
+
+On a CPU, one NumPy sort of the chunk's maps serves everything that depends on the order of the pixels
+(:mod:`compute.metrics.sorted_maps`): each pixel becomes a 64-bit key — its row, its value's float32 bits made
+order-preserving, every request's valid and object bits — and Otsu's histograms, the binary maps' counts and
+the rank-based scores are read from the sorted keys by binary searches, without another pass over the
+pixels. On a GPU (and where a chunk's keys would not fit) the same columns come from tensor operations:
+Otsu's histogram by ``bincount`` of the normalised maps, the binary maps' counts by a float32 matrix product
+(exact), and the rank-based scores from runs of equal values in a sort of keys whose high word is the value
+and whose low word carries the requests' bits: per object pixel, the valid pixels below its run and up to its
+run's end give its mid-rank and its share of the top-``K`` cut, and the maximum's run gives the pointing game
+— the formulas of :mod:`compute.metrics.threshold_free` in float64 (void pixels weigh 0, which leaves the runs
+of the valid pixels exactly as the reference forms them).
 
 Sums run in another order than NumPy's, so float64 results can differ from the reference in the last bits
 (tested to 1e-9); counts, thresholds and the undefined (``None``) cases are identical.
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from compute.metrics.cue import cue_scores_from_sums
 from compute.metrics import LOCALISATION_COLUMNS
 from compute.metrics.localisation import SPAN_LIMIT, confusion_scores
+from compute.metrics.sorted_maps import SortedMaps, fits
 from compute.metrics.threshold_free import THRESHOLD_FREE_COLUMNS
 from store.maps import OTSU_BINS, ground_truth, otsu_thresholds
 
@@ -86,17 +88,23 @@ class _Masks:
 def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], device: torch.device
              ) -> torch.Tensor:
     """``[K, H, W]`` float32: each map, non-finite values set to 0, bilinearly upsampled to ``size``."""
-    out = torch.empty((len(maps), *size), dtype=torch.float32, device=device)
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(maps):
         by_shape.setdefault(tuple(m.shape), []).append(i)
+    out = None if len(by_shape) == 1 else torch.empty((len(maps), *size), dtype=torch.float32, device=device)
     for shape, idx in by_shape.items():
         t = torch.stack([torch.as_tensor(maps[i]) for i in idx]).to(device=device, dtype=torch.float32)
         t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)       # before the resize, as upsample()
         if tuple(shape) != tuple(size):
+            # a weighted mean of finite values is finite unless they are near float32's limit
+            near_limit = bool(t.abs().amax() > SPAN_LIMIT / 2) if t.numel() else False
             t = F.interpolate(t[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+            if near_limit:
+                t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+        if out is None:
+            return t
         out[idx] = t
-    return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
 
 
 #: the most map pixels (maps × pixels per map) scored at once on a GPU, where fewer, larger operations pay;
@@ -104,9 +112,12 @@ def _prepare(maps: Sequence[torch.Tensor | np.ndarray], size: tuple[int, int], d
 #: and a single map of a huge image (e.g. 6000×4000) is scored alone in about 2.4 GB
 MAX_PIXELS = 1 << 23
 #: the same on a CPU, where a chunk that stays near the cache is faster than a large one (measured, one thread:
-#: 13 maps of 375×500 images under two protocols 0.134–0.136 s/image at 2**20, 0.14–0.15 s at 2**19 and
-#: 2**22, 0.16 s at 2**17 and 2**18; the demo's 96×96 maps 0.87 s at 2**20, 0.90 s at 2**19, 0.99 s at 2**21)
+#: the demo's 3,000 maps of 96×96 pixels 0.675 s at 2**19 and 2**20, 0.75 s at 2**18 and 2**21, 0.77 s at 2**22)
 MAX_PIXELS_CPU = 1 << 20
+#: a chunk may grow to this many times its limit to hold all of one image's maps, which then share their
+#: masks' work (13 maps of a 375×500 image under two protocols, one thread: 0.058 s/image as one chunk,
+#: 0.065 s in chunks of 2**20 pixels)
+WHOLE_IMAGE_SLACK = 4
 
 #: one image to score: its maps (each 2-D, any resolution), class-index mask, ``(protocol, gt_classes)``
 #: requests and optional cue mask
@@ -139,8 +150,12 @@ def score_images(items: Sequence[Item], device: torch.device | str | None = None
     for (size, _, _, n_maps), idx in groups.items():
         dev = _device_of(items[idx[0]][0][0], device)
         limit = max_pixels or (MAX_PIXELS_CPU if dev.type == "cpu" else MAX_PIXELS)
+        pixels = max(1, size[0] * size[1])
+        step = max(1, limit // pixels)
+        if n_maps * pixels <= WHOLE_IMAGE_SLACK * limit:
+            step = max(step, n_maps)                                     # an image's maps together
         with _one_thread(dev):
-            for images, maps in _chunks(idx, n_maps, max(1, limit // max(1, size[0] * size[1]))):
+            for images, maps in _chunks(idx, n_maps, step):
                 for (i, k), rows in zip(((i, k) for i in images for k in maps),
                                         _score_chunk(items, images, maps, size, dev)):
                     if not out[i]:
@@ -199,26 +214,72 @@ def _score_chunk(items: Sequence[Item], images: list[int], maps: range, size: tu
     values = _prepare([items[i][0][k] for i in images for k in maps], size, device).reshape(M, N)  # upsampled
 
     # min-max normalisation; a constant map becomes zeros (x·h - lo is exactly 0) and marks no pixel
-    lo, hi = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)   # (aminmax: 7x slower on a CPU)
-    wide = (hi.double() - lo.double()) > SPAN_LIMIT                     # as minmax_normalise: halve (exactly)
+    v_min, v_max = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)   # (aminmax: 7x slower)
+    wide = (v_max.double() - v_min.double()) > SPAN_LIMIT               # as minmax_normalise: halve (exactly)
     half = torch.where(wide, 0.5, 1.0).to(values.dtype)                 # x * 1.0 is exact: no sync, no branch
-    lo, hi = lo * half, hi * half
+    lo, hi = v_min * half, v_max * half
     span = hi - lo
     const = (span <= 0)[:, 0]
-    norm = torch.mul(values, half).sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))
-    thresholds = otsu_thresholds(_otsu_counts(norm))                    # the one sync before the end
-    cut = torch.where(const, float("inf"), torch.from_numpy(thresholds).to(device))
-    binary = norm > cut[:, None]
-
+    divisor = torch.where(span > 0, span, torch.ones_like(span))
     cues = _cues(items, images, N, device) if items[images[0]][3] is not None else None
+
+    # on a CPU, one sort of the maps gives Otsu's histograms, the binary maps' counts and the rank-based scores
+    order = _sorted_maps(values, masks, bool(v_min.min() >= 0)) if _numpy_here(values) else None
+    rows = [a.numpy() for a in (v_min, v_max, half, lo, divisor)] if order is not None else None
+    counts = order.otsu_counts(*rows, OTSU_BINS) if order is not None else None
+    norm = _normalised(values, half, lo, divisor) if counts is None or cues is not None else None
+    thresholds = otsu_thresholds(counts if counts is not None else _otsu_counts(norm))   # the one sync
+    cut = torch.where(const, float("inf"), torch.from_numpy(thresholds).to(device))
+    first_on = order.first_above(*rows, cut.numpy()) if order is not None else None
+    binary = norm > cut[:, None] if first_on is None or cues is not None else None
+
     stats = torch.full((M, U, 9 + (7 if cues is not None else 0)), float("nan"), dtype=torch.float64, device=device)
-    _mask_sums(stats, binary, values.clamp(min=0), norm, masks.gts, masks.valids, cues)
+    _mask_sums(stats, binary, _positive_part(values), norm, masks.gts, masks.valids, cues,
+               counted=first_on is not None)
     del norm, binary
-    _threshold_free_stats(stats, values, masks.gts, masks.valids)
+    if order is not None:
+        table = stats.numpy()
+        for u in range(U):
+            order.slot_stats(table[:, u], u, all_valid=bool(masks.valids[:, u].all()), first_on=first_on,
+                             ranks=bool(masks.gts[:, u].any()))
+    else:
+        _threshold_free_stats(stats, values, masks.gts, masks.valids)
     table = stats.cpu().numpy()
 
     return [_map_rows(table[m], masks.slot[m // K], items[images[m // K]][2],
                       None if const[m] else float(thresholds[m])) for m in range(M)]
+
+
+def _normalised(values: torch.Tensor, half: torch.Tensor, lo: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+    """``(x·half - lo) / divisor`` in float32 arithmetic (as :func:`store.maps.minmax_normalise`); on a CPU
+    widened to float64 in the same pass, as the float64 sums over the masks take it."""
+    if not _numpy_here(values):
+        return torch.mul(values, half).sub_(lo).div_(divisor)
+    scaled = values.numpy() * half.numpy()
+    scaled -= lo.numpy()
+    return torch.from_numpy(np.divide(scaled, divisor.numpy(), out=np.empty(scaled.shape, np.float64)))
+
+
+def _positive_part(values: torch.Tensor) -> torch.Tensor:
+    """``max(x, 0)``; on a CPU widened to float64 in the same pass, as the float64 sums over the masks take it."""
+    if not _numpy_here(values):
+        return values.clamp(min=0)
+    v = values.numpy()
+    return torch.from_numpy(np.maximum(v, np.float32(0.0), out=np.empty(v.shape, np.float64)))
+
+
+def _sorted_maps(values: torch.Tensor, masks: _Masks, non_negative: bool) -> SortedMaps | None:
+    """The chunk's maps sorted once, each pixel carrying its slots' valid and object bits (``2·u``, ``2·u + 1``);
+    None when the keys cannot hold them (then the tensor path scores the chunk)."""
+    M, U = values.shape[0], masks.n_slots
+    if not fits(M, 2 * U):
+        return None
+    dtype = np.uint8 if 2 * U <= 8 else np.uint16 if 2 * U <= 16 else np.uint32
+    labels = np.zeros(masks.gts.shape[::2], dtype=dtype)                # [B, N]
+    for u in range(U):
+        labels |= masks.valids[:, u].numpy().astype(dtype) << dtype(2 * u)
+        labels |= masks.gts[:, u].numpy().astype(dtype) << dtype(2 * u + 1)
+    return SortedMaps(values.numpy(), labels, 2 * U, non_negative)
 
 
 def _otsu_counts(norm: torch.Tensor) -> np.ndarray:
@@ -262,31 +323,51 @@ def _cues(items: Sequence[Item], images: list[int], n: int, device: torch.device
     return torch.stack(cues)
 
 
-def _mask_sums(stats, binary, positive, norm, gts, valids, cues) -> None:
-    """Columns 0-5 of ``stats`` (confusion counts and relevance mass) and, with ``cues``, 9-15 (the cue family's
-    sums, see :func:`_cue_row`): each image's maps (``K`` consecutive rows) against its slots' masks — counts of
-    the binary maps' pixels in each mask (:func:`_counts_in`), the positive part's and the normalised maps'
-    sums over each mask in float64 (:func:`_sums_over`)."""
+def _mask_sums(stats, binary, positive, norm, gts, valids, cues, counted: bool) -> None:
+    """Columns 0-5 of ``stats`` (confusion counts and relevance mass; 0 and 1 only unless ``counted`` from the
+    sort already) and, with ``cues``, 9-15 (the cue family's sums, see :func:`_cue_row`): each image's maps
+    (``K`` consecutive rows) against its slots' masks — counts of the binary maps' pixels in each mask
+    (:func:`_counts_in`), the positive part's and the normalised maps' sums over each mask in float64
+    (:func:`_sums_over`). A mask that two slots share (the valid pixels of ``clean`` and ``report``) is
+    summed over once."""
     B, U, N = gts.shape
-    K = binary.shape[0] // B
-    masks = [valids, gts]                                                 # each [B, U, N]
+    K = positive.shape[0] // B
+    kinds = {"valid": valids, "object": gts}
     if cues is not None:
         on_cue = cues[:, None, :] & valids
-        masks += [on_cue, gts & ~on_cue]
-    columns = torch.cat(masks, dim=1)                                     # [B, C·U, N]
-    binary_on = _counts_in(binary.view(B, K, N), columns).view(B * K, -1, U)
-    positive_on = _sums_over(positive.view(B, K, N), columns[:, :2 * U]).view(B * K, -1, U)
+        kinds.update(cue=on_cue, object_off_cue=gts & ~on_cue)
+    distinct, at = [], {}                                                # at[kind, slot]: its distinct mask
+    for kind, masks in kinds.items():
+        for u in range(U):
+            same = [d for d, seen in enumerate(distinct) if torch.equal(seen, masks[:, u])]
+            at[kind, u] = same[0] if same else len(distinct)
+            if not same:
+                distinct.append(masks[:, u])
+    columns = torch.stack(distinct, dim=1)                               # [B, D, N]
     sizes = (torch.from_numpy(np.count_nonzero(columns.numpy(), axis=2)) if _numpy_here(columns)
-             else columns.sum(dim=2)).double()
-    sizes = sizes.view(B, 1, len(masks), U).expand(B, K, len(masks), U).reshape(B * K, -1, U)
-    stats[:, :, 0], stats[:, :, 1] = binary_on[:, 1], binary_on[:, 0]    # tp, predicted valid
-    stats[:, :, 2], stats[:, :, 3] = sizes[:, 0], sizes[:, 1]            # valid, object pixels
-    stats[:, :, 4], stats[:, :, 5] = positive_on[:, 0], positive_on[:, 1]   # mass total, on object
+             else columns.sum(dim=2)).double().repeat_interleave(K, dim=0)   # [B·K, D]
+
+    def over(maps: torch.Tensor, which: tuple[str, ...], of) -> dict:
+        """{(kind, slot): [B·K]} of ``of(maps, masks)`` over the distinct masks of ``which`` kinds."""
+        used = sorted({at[kind, u] for kind in which for u in range(U)})
+        got = of(maps.view(B, K, N), columns[:, used]).reshape(B * K, len(used))
+        return {(kind, u): got[:, used.index(at[kind, u])] for kind in which for u in range(U)}
+
+    mass = over(positive, ("valid", "object"), _sums_over)
+    counts = {} if counted else over(binary, ("valid", "object"), _counts_in)
     if cues is not None:
-        norm_on = _sums_over(norm.view(B, K, N), columns).view(B * K, -1, U)
-        stats[:, :, 9], stats[:, :, 10], stats[:, :, 11] = norm_on[:, 0], norm_on[:, 2], norm_on[:, 3]
-        stats[:, :, 12], stats[:, :, 13] = binary_on[:, 2], binary_on[:, 3]
-        stats[:, :, 14], stats[:, :, 15] = sizes[:, 2], sizes[:, 3]
+        norm_on = over(norm, ("valid", "cue", "object_off_cue"), _sums_over)
+        counts.update(over(binary, ("cue", "object_off_cue"), _counts_in))
+    for u in range(U):
+        if not counted:
+            stats[:, u, 0], stats[:, u, 1] = counts["object", u], counts["valid", u]   # tp, predicted valid
+        stats[:, u, 2], stats[:, u, 3] = sizes[:, at["valid", u]], sizes[:, at["object", u]]   # valid, object
+        stats[:, u, 4], stats[:, u, 5] = mass["valid", u], mass["object", u]   # mass total, on object
+        if cues is not None:
+            stats[:, u, 9], stats[:, u, 10] = norm_on["valid", u], norm_on["cue", u]
+            stats[:, u, 11] = norm_on["object_off_cue", u]
+            stats[:, u, 12], stats[:, u, 13] = counts["cue", u], counts["object_off_cue", u]
+            stats[:, u, 14], stats[:, u, 15] = sizes[:, at["cue", u]], sizes[:, at["object_off_cue", u]]
 
 
 def _counts_in(binary: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -310,7 +391,7 @@ def _sums_over(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """``[B, K, C]`` float64: the sum of each of an image's ``K`` maps (``[B, K, N]``) over each of its ``C``
     masks (``[B, C, N]``), as a batched float64 matrix product (NumPy's on a CPU: faster than torch's here)."""
     if _numpy_here(maps):
-        return torch.from_numpy(np.matmul(maps.numpy().astype(np.float64),
+        return torch.from_numpy(np.matmul(maps.numpy().astype(np.float64, copy=False),
                                           masks.numpy().astype(np.float64).transpose(0, 2, 1)))
     return torch.bmm(maps.double(), masks.double().transpose(1, 2))
 
@@ -319,9 +400,8 @@ def _sums_over(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 SLOTS_PER_SORT = 16
 
 
-#: run the sort and the integer steps of the threshold-free scores through NumPy when the maps are on a CPU,
-#: where its vectorised kernels are several times faster than torch's (False: torch's, as on a GPU — the
-#: tests compare both)
+#: score a chunk on a CPU through one NumPy sort (:mod:`compute.metrics.sorted_maps`) and NumPy's kernels,
+#: several times faster than torch's there (False: the tensor path, as on a GPU — the tests compare both)
 NUMPY_ON_CPU = True
 
 
@@ -334,18 +414,9 @@ def _sorted_keys(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     float32 bits made into an order-preserving integer (negative values' magnitude bits flipped; -0.0 is
     made +0.0 first, so that equal values give equal words) and whose low word is the pixel's ``labels``
     (little-endian: word 0 is the low one): ``labels`` is ``[B, N]``, one row per image, whose maps are ``K``
-    consecutive rows of ``values``. On a CPU the same keys are built and sorted in NumPy."""
+    consecutive rows of ``values``."""
     M, N = values.shape
     B = labels.shape[0]
-    if _numpy_here(values):
-        bits = (values.numpy() + np.float32(0.0)).view(np.int32)
-        pair = np.empty((M, N, 2), dtype=np.int32)
-        flip = np.right_shift(bits, 31)
-        np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
-        np.bitwise_xor(bits, flip, out=pair[..., 1])
-        pair.reshape(B, M // B, N, 2)[..., 0] = labels.numpy()[:, None, :]
-        keys = np.sort(pair.view(np.int64)[..., 0], axis=1)
-        return torch.from_numpy(keys).view(torch.int32).view(M, N, 2)
     bits = (values + 0.0).view(torch.int32)
     pair = torch.empty((M, N, 2), dtype=torch.int32, device=values.device)
     pair[..., 1] = bits ^ ((bits >> 31) & 0x7FFFFFFF)
@@ -367,9 +438,6 @@ def _threshold_free_stats(stats, values, gts, valids) -> None:
         for bit, u in enumerate(slots):
             labels |= (valids[:, u].int() << (2 * bit)) | (gts[:, u].int() << (2 * bit + 1))
         keys = _sorted_keys(values, labels)
-        if len(slots) == 1 and _numpy_here(keys):
-            _one_slot_stats(stats[:, slots[0]], keys.numpy(), all_valid=bool(valids[:, slots[0]].all()))
-            continue
         value, label = keys[..., 1], keys[..., 0]
         new_run = torch.ones((M, N), dtype=torch.bool, device=values.device)
         new_run[:, 1:] = value[:, 1:] != value[:, :-1]
@@ -380,32 +448,21 @@ def _threshold_free_stats(stats, values, gts, valids) -> None:
 
 def _bit(words: torch.Tensor, bit: int) -> torch.Tensor:
     """Non-zero where bit ``bit`` of ``words`` (int32) is set (its value, ``1 << bit``)."""
-    if _numpy_here(words):
-        return torch.from_numpy(np.bitwise_and(words.numpy(), np.int32(1 << bit)))
     return words & (1 << bit)
 
 
 def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
-    """Positions of the non-zero entries of the row-major flattened ``mask`` (on a CPU through NumPy)."""
-    if _numpy_here(mask):
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    """Positions of the non-zero entries of the row-major flattened ``mask``."""
     return mask.reshape(-1).nonzero()[:, 0]
 
 
 def _running_count(flags: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """How many of ``flags`` (0/non-zero) are set at or before each position along ``dim``, int32 on a CPU
-    (NumPy's running sum, about twice as fast as torch's) and int64 elsewhere."""
-    if _numpy_here(flags):
-        f = flags.numpy()
-        return torch.from_numpy(np.cumsum(f if f.dtype == bool else f != 0, axis=dim, dtype=np.int32))
+    """How many of ``flags`` (0/non-zero) are set at or before each position along ``dim``."""
     return torch.cumsum(flags != 0, dim=dim)
 
 
 def _per_row(row: torch.Tensor, weights: torch.Tensor | None, M: int) -> torch.Tensor:
     """``[M]`` float64: the sum of ``weights`` (1 each when None) over the entries of each ``row``, in order."""
-    if _numpy_here(row):
-        w = None if weights is None else weights.numpy()
-        return torch.from_numpy(np.bincount(row.numpy(), weights=w, minlength=M).astype(np.float64, copy=False))
     w = torch.ones(row.shape, dtype=torch.float64, device=row.device) if weights is None else weights.double()
     return torch.zeros(M, dtype=torch.float64, device=row.device).index_add_(0, row, w)
 
@@ -484,99 +541,6 @@ def _slot_stats(out: torch.Tensor, label: torch.Tensor, shift: int, runs: _TieRu
     out[:, 7] = _per_row(row, take.div_(in_run), M) / n_pos
     rank_sum = _per_row(row, below.add_(upto).add_(1.0), M) / 2.0      # integers: exact in any order
     out[:, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
-
-
-def _one_slot_stats(out: torch.Tensor, keys: np.ndarray, all_valid: bool) -> None:
-    """:func:`_slot_stats` of a sort that carries one slot (label bits: 1 valid, 2 object), in NumPy, without
-    tie runs. Within a run of equal values the keys are ordered by label, so a run's object pixels come last,
-    after its valid non-object ones. An object pixel at sorted position ``p`` therefore has exactly
-    ``valid_before(p) - j`` valid non-object pixels at or below its value (``j``: the object pixels before it
-    in its row), and the ROC-AUC's Mann-Whitney count is their sum less half of the ties with non-object pixels,
-    which only the runs holding both kinds have. The pointing game and the top-``n_pos`` share need the bounds
-    of two runs per map (the highest valid one, the one at the cut), found by binary search of the sorted
-    keys. Every count is an integer, so the ROC-AUC and the pointing game equal the tie-run computation's to
-    the bit; the top-``n_pos`` share sums the same terms in another order."""
-    M, N = keys.shape[:2]
-    key = keys.view(np.int64)[..., 0]                                   # [M, N]: (value << 32) | label, sorted
-    flat = key.reshape(-1)
-    rows = np.arange(M)
-    label = keys.view(np.uint8)[..., 0]                                 # the label's low byte (little-endian)
-    on_object = np.flatnonzero(label & 2)                               # sorted flat positions
-    offs = np.searchsorted(on_object, rows * N)
-    ends = np.append(offs[1:], len(on_object))
-    n_pos = ends - offs
-    if all_valid:
-        upto = None
-        n = np.full(M, N, dtype=np.int64)
-        before_object = on_object - np.repeat(rows * N, n_pos)          # valid pixels before each object pixel
-    else:
-        upto = np.cumsum(label & 1, axis=1, dtype=np.int64)             # valid pixels up to each position
-        n = upto[:, -1]
-        before_object = upto.reshape(-1)[on_object] - 1
-
-    def valid_before(m: np.ndarray, at: np.ndarray) -> np.ndarray:
-        """Valid pixels of rows ``m`` before in-row positions ``at`` (``at`` may be ``N``)."""
-        if upto is None:
-            return at
-        return np.where(at > 0, upto[m, np.maximum(at - 1, 0)], 0)
-
-    def run_start(m: np.ndarray, value: np.ndarray) -> np.ndarray:
-        """In-row position of the first key of ``value`` in rows ``m`` (sorted by row)."""
-        return _search_rows(key, m, value << 32, "left")
-
-    def objects_from(at: np.ndarray) -> np.ndarray:
-        """Object pixels of each row at or after its in-row position ``at``."""
-        return ends - np.searchsorted(on_object, rows * N + at)
-
-    # ROC-AUC: Mann-Whitney count over object pixels, ties with non-object pixels counted half
-    running = np.concatenate(([0], np.cumsum(before_object)))
-    at_or_below = running[ends] - running[offs] - n_pos * (n_pos - 1) // 2
-    value_of = flat[on_object] >> 32
-    first_of_block = np.ones(len(on_object), dtype=bool)                 # object pixels of one run, per row
-    first_of_block[1:] = value_of[1:] != value_of[:-1]
-    first_of_block[offs[n_pos > 0]] = True
-    blocks = np.flatnonzero(first_of_block)
-    block_len = np.diff(np.append(blocks, len(on_object)))
-    q = on_object[blocks]
-    shared = (q % N > 0) & ((flat[q - 1] >> 32) == value_of[blocks])   # the run also holds non-object pixels
-    m_s, q_s = q[shared] // N, q[shared] % N
-    ties = valid_before(m_s, q_s) - valid_before(m_s, run_start(m_s, value_of[blocks][shared]))
-    half_ties = np.bincount(m_s, weights=block_len[shared] * ties, minlength=M) / 2.0
-    pairs = n_pos * (n - n_pos)
-
-    # pointing game: the object's share of the highest run holding a valid pixel
-    top = np.full(M, N - 1) if upto is None else np.argmax(upto == n[:, None], axis=1)
-    top_start = run_start(rows, key[rows, top] >> 32)
-    top_valid = n - valid_before(rows, top_start)
-    top_objects = objects_from(top_start)
-
-    # top-n_pos share: objects in runs above the cut count fully, the run across it by its overlap
-    cut = n - n_pos                                                      # valid pixels below the top n_pos
-    at_cut = cut if upto is None else _search_rows(upto, rows, cut + 1, "left")
-    at_cut = np.minimum(at_cut, N - 1)
-    cut_value = key[rows, at_cut] >> 32
-    lo, hi = run_start(rows, cut_value), _search_rows(key, rows, (cut_value << 32) | 0xFFFFFFFF, "right")
-    below, through = valid_before(rows, lo), valid_before(rows, hi)
-    across = below < cut
-    from_lo, from_hi = objects_from(lo), objects_from(hi)
-    above = np.where(across, from_hi, from_lo)
-    in_run = from_lo - from_hi
-    share = np.where(across, in_run * (through - cut) / np.maximum(through - below, 1), 0.0)
-
-    t = torch.from_numpy
-    out[:, 6] = t(top_objects.astype(np.float64)) / t(np.maximum(top_valid, 1).astype(np.float64))
-    out[:, 7] = t(above + share) / t(n_pos.astype(np.float64))
-    out[:, 8] = t(at_or_below - half_ties) / t(pairs.astype(np.float64))
-
-
-def _search_rows(sorted_rows: np.ndarray, m: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
-    """For each ``(m[i], values[i])`` (``m`` non-decreasing), the in-row insertion point of ``values[i]`` in row
-    ``m[i]`` of ``sorted_rows`` (each row sorted): one binary search per row."""
-    out = np.empty(len(m), dtype=np.int64)
-    starts = np.flatnonzero(np.diff(m, prepend=-1))
-    for a, b in zip(starts, np.append(starts[1:], len(m))):
-        out[a:b] = np.searchsorted(sorted_rows[m[a]], values[a:b], side=side)
-    return out
 
 
 def _row(s: np.ndarray, threshold: float | None, undefined: bool) -> dict:
