@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: a key holds the row, 32 value bits and the label bits below bit 63 (keys stay positive)
-KEY_BITS = 63
+#: a key holds the row, 32 value bits and the label bits below bit 61, and bit 62 is set: every key is then
+#: also a positive, normal float64 whose order is the integer's, and NumPy sorts float64 faster than int64
+KEY_BITS = 61
+_FLOAT_ORDER = 1 << 62
 
 def fits(rows: int, label_bits: int) -> bool:
     """Whether ``rows`` maps with ``label_bits`` label bits fit in the keys."""
@@ -59,7 +61,7 @@ class SortedMaps:
         self.M, self.N, self.L = M, N, label_bits
         self.rows = np.arange(M, dtype=np.int64)
         self.row_start = self.rows * N
-        self._base = (self.rows << (32 + label_bits)) + (1 << (31 + label_bits))
+        self._base = _FLOAT_ORDER + (self.rows << (32 + label_bits)) + (1 << (31 + label_bits))
         # the keys with a 0 on either side (below any key), so that a pixel's neighbours are read without a bound
         self._padded = np.zeros(M * N + 2, dtype=np.int64)
         key = self._padded[1:-1].reshape(M, N)
@@ -67,7 +69,7 @@ class SortedMaps:
         key += self._base[:, None]
         k3 = key.reshape(B, M // B, N)
         np.bitwise_or(k3, labels[:, None, :], out=k3)
-        key.sort(axis=1)
+        key.view(np.float64).sort(axis=1)                                # as float64: faster, same order
         self.flat = key.reshape(-1)
         self.label = None                                                # the label bits, made when needed
 
@@ -212,23 +214,29 @@ def first_value_where(values_min: np.ndarray, values_max: np.ndarray, h: np.ndar
     h, lo, span, target, values_min, values_max = (np.broadcast_to(a, shape).reshape(-1) for a in
                                                    (h, lo, span, target, values_min, values_max))
 
-    def holds(x_ordered: np.ndarray, at: np.ndarray) -> np.ndarray:
+    def holds(x_ordered: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
         x = _from_ordered(x_ordered)
-        norm = (x * h[at] - lo[at]) / span[at]
-        return norm > target[at] if strict else norm >= target[at]
+        if at is None:
+            norm, t = (x * h - lo) / span, target
+        else:
+            norm, t = (x * h[at] - lo[at]) / span[at], target[at]
+        return norm > t if strict else norm >= t
 
-    every = np.arange(len(target))
     low, high = _ordered(values_min).astype(np.int64), _ordered(values_max).astype(np.int64)
-    all_hold, none_hold = holds(low, every), ~holds(high, every)
+    all_hold, none_hold = holds(low), ~holds(high)
     with np.errstate(invalid="ignore", over="ignore"):
         guess = (lo.astype(np.float64) + target.astype(np.float64) * span) / h
-    guess = _ordered(np.clip(guess, values_min, values_max).astype(np.float32)).astype(np.int64)
-    # per open entry: low fails, high holds; bring both to the guess's neighbourhood, then bisect
-    at = np.flatnonzero(~(all_hold | none_hold))
-    g = guess[at]
-    ok = holds(g, at)
-    high[at[ok]], low[at[~ok]] = g[ok], g[~ok]
-    step = np.ones(len(at), dtype=np.int64)
+    g = _ordered(np.clip(guess, values_min, values_max).astype(np.float32)).astype(np.int64)
+    # low fails and high holds (for the open entries); the guess and its neighbour towards the answer settle
+    # most entries at once, the others go on in doubling steps, then by bisection
+    ok = holds(g)
+    probe = np.where(ok, np.maximum(g - 1, low), np.minimum(g + 1, high))
+    res = holds(probe)
+    high = np.where(ok, np.where(res, probe, g), np.where(res, probe, high))
+    low = np.where(ok, np.where(res, low, probe), np.where(res, g, probe))
+    at = np.flatnonzero((res == ok) & ~(all_hold | none_hold))          # not flipped yet
+    g, ok = g[at], ok[at]
+    step = np.full(len(at), 2, dtype=np.int64)
     while len(at):                                                       # doubling steps away from the guess
         probe = np.where(ok, np.maximum(g - step, low[at]), np.minimum(g + step, high[at]))
         res = holds(probe, at)
