@@ -44,7 +44,11 @@ def ground_truth(mask: np.ndarray, protocol: str, classes: list[int] | None = No
         return mask != 0, np.ones(mask.shape, dtype=bool)
     if protocol == "clean":
         valid = mask != VOID
-        gt = np.isin(mask, list(classes)) if classes is not None else (mask != 0) & valid
+        if classes is None:
+            gt = (mask != 0) & valid
+        else:
+            classes = list(classes)
+            gt = mask == classes[0] if len(classes) == 1 else np.isin(mask, classes)   # (isin: 10x slower)
         return gt & valid, valid
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 

@@ -244,10 +244,11 @@ def _score_chunk(items: Sequence[Item], images: list[int], maps: range, size: tu
                              ranks=bool(masks.gts[:, u].any()))
     else:
         _threshold_free_stats(stats, values, masks.gts, masks.valids)
-    table = stats.cpu().numpy()
+    table = stats.cpu().numpy().tolist()                                # Python floats, converted at once
+    cut = np.where(const.cpu().numpy(), np.nan, thresholds).tolist()
 
-    return [_map_rows(table[m], masks.slot[m // K], items[images[m // K]][2],
-                      None if const[m] else float(thresholds[m])) for m in range(M)]
+    return [_map_rows(table[m], masks.slot[m // K], items[images[m // K]][2], None if cut[m] != cut[m] else cut[m])
+            for m in range(M)]
 
 
 def _normalised(values: torch.Tensor, half: torch.Tensor, lo: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
@@ -293,7 +294,7 @@ def _otsu_counts(norm: torch.Tensor) -> np.ndarray:
     return torch.bincount(bins.reshape(-1), minlength=M * OTSU_BINS).view(M, OTSU_BINS).cpu().numpy()
 
 
-def _map_rows(table: np.ndarray, slots: list[int], requests, threshold: float | None) -> list[dict]:
+def _map_rows(table: list, slots: list[int], requests, threshold: float | None) -> list[dict]:
     """One map's rows, one per request, from its slots' ``table`` rows; requests that share a slot and are
     both defined (or both undefined) share the same numbers, so the row is built once and copied."""
     built: dict[tuple[int, bool], dict] = {}
@@ -304,7 +305,7 @@ def _map_rows(table: np.ndarray, slots: list[int], requests, threshold: float | 
             s = table[u]
             row = _row(s, threshold, undefined=undefined)
             if len(s) > 9:
-                row.update(_cue_row(s[9:], float(s[1]), float(s[2])))
+                row.update(_cue_row(s[9:], s[1], s[2]))
             built[u, undefined] = row
             rows.append(row)
         else:
@@ -543,8 +544,8 @@ def _slot_stats(out: torch.Tensor, label: torch.Tensor, shift: int, runs: _TieRu
     out[:, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
 
 
-def _row(s: np.ndarray, threshold: float | None, undefined: bool) -> dict:
-    tp, pred_valid, n_valid, n_gt, mass_total, mass_on, pointing, rank, auc = (float(v) for v in s[:9])
+def _row(s: list[float], threshold: float | None, undefined: bool) -> dict:
+    tp, pred_valid, n_valid, n_gt, mass_total, mass_on, pointing, rank, auc = s[:9]
     if undefined:
         return {c: None for c in LOCALISATION_COLUMNS + THRESHOLD_FREE_COLUMNS}
     fp, fn = pred_valid - tp, n_gt - tp
@@ -561,8 +562,8 @@ def _row(s: np.ndarray, threshold: float | None, undefined: bool) -> dict:
     return row
 
 
-def _cue_row(s: np.ndarray, pred_valid: float, n_valid: float) -> dict:
-    total, on_cue, on_obj, pred_cue, pred_obj, n_cue, n_obj = (float(v) for v in s[:7])
+def _cue_row(s: list[float], pred_valid: float, n_valid: float) -> dict:
+    total, on_cue, on_obj, pred_cue, pred_obj, n_cue, n_obj = s[:7]
     return cue_scores_from_sums(total, on_cue, on_obj, pred_valid, pred_cue, pred_obj, n_cue, n_obj, n_valid)
 
 
