@@ -7,18 +7,20 @@ them:
 
 - **Otsu's histogram.** The normalised value ``(x·h - lo) / span`` is a monotone function of ``x`` in float32
   (each rounding is), so the pixels of each bin are a contiguous range of the sorted pixels. For each bin edge
-  the smallest float32 ``x`` whose normalised value reaches it is found by inverting the formula in float64
-  and correcting the guess one float32 step at a time with the formula itself; a binary search of the sorted
-  keys then gives the bin's first position. The counts equal a histogram of the normalised pixels exactly.
+  the smallest float32 ``x`` whose normalised value reaches it is found from the formula inverted in float64,
+  then checked and searched among the floats with the formula itself (:func:`first_value_where`); a binary
+  search of the sorted keys gives the bin's first position. The counts equal a histogram of the normalised
+  pixels exactly.
 - **The binary map's counts** (true positives, predicted pixels in each mask): the pixels above Otsu's
   threshold are the sorted pixels from one position on, found the same way.
 - **The rank-based scores** of every request's masks (pointing game, relevance rank, ROC-AUC), from the
   positions of each mask's pixels in the sorted order.
 
-Keys: all maps of a chunk go into one int64 array, row by row, each key ``row << (32 + L) | value << L |
-label``: ``value`` the float32 bits made into an order-preserving unsigned integer (``-0.0`` made ``+0.0``
-first, so equal values give equal words) and ``label`` the ``L`` bits of the pixel's masks (per slot, valid
-then object). Sorting each row also sorts the whole array, so that every search of a row — a run of equal
+Keys: all maps of a chunk go into one int64 array, row by row, each key ``1 << 62 | row << (32 + L) | value
+<< L | label``: ``value`` the float32 bits made into an order-preserving unsigned integer (``-0.0`` made
+``+0.0`` first, so equal values give equal words) and ``label`` the ``L`` bits of the pixel's masks (per
+slot, valid then object); bit 62 makes every key a positive normal float64 of the same order, which NumPy
+sorts faster. Sorting each row also sorts the whole array, so that every search of a row — a run of equal
 values, a threshold, the ``k``-th valid pixel — is one :func:`numpy.searchsorted` call for all rows at once.
 
 The counts are integers, exact in float64; the ROC-AUC and the pointing game are ratios of them; the
@@ -33,6 +35,7 @@ import numpy as np
 #: also a positive, normal float64 whose order is the integer's, and NumPy sorts float64 faster than int64
 KEY_BITS = 61
 _FLOAT_ORDER = 1 << 62
+
 
 def fits(rows: int, label_bits: int) -> bool:
     """Whether ``rows`` maps with ``label_bits`` label bits fit in the keys."""
