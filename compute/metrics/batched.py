@@ -256,8 +256,8 @@ def _normalised(values: torch.Tensor, half: torch.Tensor, lo: torch.Tensor, divi
     widened to float64 in the same pass, as the float64 sums over the masks take it."""
     if not _numpy_here(values):
         return torch.mul(values, half).sub_(lo).div_(divisor)
-    scaled = values.numpy() * half.numpy()
-    scaled -= lo.numpy()
+    h = half.numpy()
+    scaled = values.numpy() - lo.numpy() if bool((h == 1).all()) else values.numpy() * h - lo.numpy()
     return torch.from_numpy(np.divide(scaled, divisor.numpy(), out=np.empty(scaled.shape, np.float64)))
 
 
@@ -340,13 +340,12 @@ def _mask_sums(stats, binary, positive, norm, gts, valids, cues, counted: bool) 
     distinct, at = [], {}                                                # at[kind, slot]: its distinct mask
     for kind, masks in kinds.items():
         for u in range(U):
-            same = [d for d, seen in enumerate(distinct) if torch.equal(seen, masks[:, u])]
+            same = [d for d, seen in enumerate(distinct) if _equal(seen, masks[:, u])]
             at[kind, u] = same[0] if same else len(distinct)
             if not same:
                 distinct.append(masks[:, u])
     columns = torch.stack(distinct, dim=1)                               # [B, D, N]
-    sizes = (torch.from_numpy(np.count_nonzero(columns.numpy(), axis=2)) if _numpy_here(columns)
-             else columns.sum(dim=2)).double().repeat_interleave(K, dim=0)   # [B·K, D]
+    sizes = _mask_sizes(columns).repeat_interleave(K, dim=0)             # [B·K, D]
 
     def over(maps: torch.Tensor, which: tuple[str, ...], of) -> dict:
         """{(kind, slot): [B·K]} of ``of(maps, masks)`` over the distinct masks of ``which`` kinds."""
@@ -369,6 +368,21 @@ def _mask_sums(stats, binary, positive, norm, gts, valids, cues, counted: bool) 
             stats[:, u, 11] = norm_on["object_off_cue", u]
             stats[:, u, 12], stats[:, u, 13] = counts["cue", u], counts["object_off_cue", u]
             stats[:, u, 14], stats[:, u, 15] = sizes[:, at["cue", u]], sizes[:, at["object_off_cue", u]]
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two masks are equal (through NumPy on a CPU: 4x faster than ``torch.equal`` there)."""
+    return bool(np.array_equal(a.numpy(), b.numpy())) if _numpy_here(a) else torch.equal(a, b)
+
+
+def _mask_sizes(masks: torch.Tensor) -> torch.Tensor:
+    """``[B, D]`` float64: the pixels of each of ``[B, D, N]`` masks (on a CPU one count per mask: NumPy's count
+    along an axis is 4x slower)."""
+    if not _numpy_here(masks):
+        return masks.sum(dim=2).double()
+    B, D, N = masks.shape
+    flat = masks.numpy().reshape(B * D, N)
+    return torch.tensor([np.count_nonzero(m) for m in flat], dtype=torch.float64).view(B, D)
 
 
 def _counts_in(binary: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
