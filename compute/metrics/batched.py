@@ -224,20 +224,21 @@ def _score_chunk(items: Sequence[Item], images: list[int], maps: range, size: tu
     cues = _cues(items, images, N, device) if items[images[0]][3] is not None else None
 
     # on a CPU, one sort of the maps gives Otsu's histograms, the binary maps' counts and the rank-based scores
+    # (the tensor path instead: a histogram and a binary map from the normalised maps, tie runs in another sort)
     order = _sorted_maps(values, masks, bool(v_min.min() >= 0)) if _numpy_here(values) else None
-    rows = [a.numpy() for a in (v_min, v_max, half, lo, divisor)] if order is not None else None
-    counts = order.otsu_counts(*rows, OTSU_BINS) if order is not None else None
-    norm = _normalised(values, half, lo, divisor) if counts is None or cues is not None else None
-    thresholds = otsu_thresholds(counts if counts is not None else _otsu_counts(norm))   # the one sync
+    sorted_path = order is not None
+    per_map = [a.numpy() for a in (v_min, v_max, half, lo, divisor)] if sorted_path else None
+    norm = _normalised(values, half, lo, divisor) if not sorted_path or cues is not None else None
+    counts = order.otsu_counts(*per_map, OTSU_BINS) if sorted_path else _otsu_counts(norm)
+    thresholds = otsu_thresholds(counts)                                 # the one sync before the end
     cut = torch.where(const, float("inf"), torch.from_numpy(thresholds).to(device))
-    first_on = order.first_above(*rows, cut.numpy()) if order is not None else None
-    binary = norm > cut[:, None] if first_on is None or cues is not None else None
+    first_on = order.first_above(*per_map, cut.numpy()) if sorted_path else None
+    binary = norm > cut[:, None] if not sorted_path or cues is not None else None
 
     stats = torch.full((M, U, 9 + (7 if cues is not None else 0)), float("nan"), dtype=torch.float64, device=device)
-    _mask_sums(stats, binary, _positive_part(values), norm, masks.gts, masks.valids, cues,
-               counted=first_on is not None)
+    _mask_sums(stats, binary, _positive_part(values), norm, masks.gts, masks.valids, cues, counted=sorted_path)
     del norm, binary
-    if order is not None:
+    if sorted_path:
         table = stats.numpy()
         for u in range(U):
             order.slot_stats(table[:, u], u, all_valid=bool(masks.valids[:, u].all()), first_on=first_on,
@@ -245,10 +246,9 @@ def _score_chunk(items: Sequence[Item], images: list[int], maps: range, size: tu
     else:
         _threshold_free_stats(stats, values, masks.gts, masks.valids)
     table = stats.cpu().numpy().tolist()                                # Python floats, converted at once
-    cut = np.where(const.cpu().numpy(), np.nan, thresholds).tolist()
+    threshold = [None if c else t for c, t in zip(const.tolist(), thresholds.tolist())]
 
-    return [_map_rows(table[m], masks.slot[m // K], items[images[m // K]][2], None if cut[m] != cut[m] else cut[m])
-            for m in range(M)]
+    return [_map_rows(table[m], masks.slot[m // K], items[images[m // K]][2], threshold[m]) for m in range(M)]
 
 
 def _normalised(values: torch.Tensor, half: torch.Tensor, lo: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:

@@ -46,8 +46,12 @@ def _ordered(x: np.ndarray, non_negative: bool = False) -> np.ndarray:
     """int32 whose order is float32 ``x``'s (``-0.0`` and ``+0.0`` alike; ``x`` finite). ``non_negative``: no
     value of ``x`` is below zero, so its bits are already in order."""
     bits = (x.astype(np.float32, copy=False) + np.float32(0.0)).view(np.int32)
-    if non_negative:
-        return bits
+    return bits if non_negative else _flip_negative(bits)
+
+
+def _flip_negative(bits: np.ndarray) -> np.ndarray:
+    """int32 ``bits`` with the magnitude bits of the negative ones flipped: float32 bits to ordered integers
+    and back (the map is its own inverse)."""
     flip = np.right_shift(bits, 31)
     np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
     return np.bitwise_xor(bits, flip, out=flip)
@@ -133,9 +137,11 @@ class SortedMaps:
             """Valid pixels of the whole chunk before flat positions ``pos``."""
             return pos if void is None else pos - np.searchsorted(void, pos)
 
+        start_valid = valid_upto(row_start)                              # valid pixels before each row
+
         def valid_before(pos: np.ndarray, m: np.ndarray) -> np.ndarray:
             """Valid pixels of rows ``m`` before flat positions ``pos`` (within the row; ``pos`` may be its end)."""
-            return valid_upto(pos) - valid_upto(row_start[m])
+            return valid_upto(pos) - start_valid[m]
 
         def valid_at(g: np.ndarray) -> np.ndarray:
             """Flat position of the chunk's ``g``-th valid pixel (from 0), kept within each row."""
@@ -146,7 +152,6 @@ class SortedMaps:
             """Object pixels of each row at or after the row's flat position ``pos``."""
             return ends - np.searchsorted(on_object, pos)
 
-        start_valid = valid_upto(row_start)
         n = valid_upto(row_start + N) - start_valid
         if first_on is not None:
             out[:, 0] = objects_from(first_on)
@@ -259,8 +264,7 @@ def first_value_where(values_min: np.ndarray, values_max: np.ndarray, h: np.ndar
 
 def _from_ordered(o: np.ndarray) -> np.ndarray:
     """float32 of :func:`_ordered` integers (the map is its own inverse on the bits)."""
-    o = o.astype(np.int32)
-    return np.bitwise_xor(o, np.bitwise_and(np.right_shift(o, 31), 0x7FFFFFFF)).view(np.float32)
+    return _flip_negative(o.astype(np.int32)).view(np.float32)
 
 
 __all__ = ["SortedMaps", "first_value_where", "fits"]
