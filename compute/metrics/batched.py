@@ -23,15 +23,18 @@ bounded whatever the number of methods or the image size:
 
 On a CPU, one NumPy sort of the chunk's maps serves everything that depends on the order of the pixels
 (:mod:`compute.metrics.sorted_maps`): each pixel becomes a 64-bit key — its row, its value's float32 bits made
-order-preserving, every request's valid and object bits — and Otsu's histograms, the binary maps' counts and
-the rank-based scores are read from the sorted keys by binary searches, without another pass over the
-pixels. On a GPU (and where a chunk's keys would not fit) the same columns come from tensor operations:
-Otsu's histogram by ``bincount`` of the normalised maps, the binary maps' counts by a float32 matrix product
-(exact), and the rank-based scores from runs of equal values in a sort of keys whose high word is the value
-and whose low word carries the requests' bits: per object pixel, the valid pixels below its run and up to its
-run's end give its mid-rank and its share of the top-``K`` cut, and the maximum's run gives the pointing game
-— the formulas of :mod:`compute.metrics.threshold_free` in float64 (void pixels weigh 0, which leaves the runs
-of the valid pixels exactly as the reference forms them).
+order-preserving, every request's valid and object bits (and the cue's) — and Otsu's histograms, the binary
+maps' counts and the rank-based scores are read from the sorted keys by binary searches, without another pass
+over the pixels. Where every pixel is valid under every request (no void pixel: the planted-cue images), the
+masks' sums come from the sort too: a mask's pixels are a set of sorted positions, and its relevance mass or
+normalised mass is the float64 sum of the values read back from their keys; only the sums over all pixels
+take a pass over the maps. On a GPU (and where a chunk's keys would not fit) the same columns come from
+tensor operations: Otsu's histogram by ``bincount`` of the normalised maps, the binary maps' counts by a
+float32 matrix product (exact), and the rank-based scores from runs of equal values in a sort of keys whose
+high word is the value and whose low word carries the requests' bits: per object pixel, the valid pixels
+below its run and up to its run's end give its mid-rank and its share of the top-``K`` cut, and the maximum's
+run gives the pointing game — the formulas of :mod:`compute.metrics.threshold_free` in float64 (void pixels
+weigh 0, which leaves the runs of the valid pixels exactly as the reference forms them).
 
 Sums run in another order than NumPy's, so float64 results can differ from the reference in the last bits
 (tested to 1e-9); counts, thresholds and the undefined (``None``) cases are identical.
@@ -77,6 +80,8 @@ class _Masks:
             self.slot.append(slots)
         n = per_image[0][0][0].shape[0]
         self.n_slots = max(len(d) for d in per_image)
+        #: per slot: every pixel is valid in every image that uses it (spare slots' empty masks aside)
+        self.all_valid = [all(d[u][1].all() for d in per_image if u < len(d)) for u in range(self.n_slots)]
         gts = np.zeros((len(images), self.n_slots, n), dtype=bool)
         valids = np.zeros_like(gts)
         for b, distinct in enumerate(per_image):
@@ -225,23 +230,30 @@ def _score_chunk(items: Sequence[Item], images: list[int], maps: range, size: tu
 
     # on a CPU, one sort of the maps gives Otsu's histograms, the binary maps' counts and the rank-based scores
     # (the tensor path instead: a histogram and a binary map from the normalised maps, tie runs in another sort)
-    order = _sorted_maps(values, masks, bool(v_min.min() >= 0)) if _numpy_here(values) else None
+    non_negative = bool(v_min.min() >= 0)
+    order = _sorted_maps(values, masks, non_negative, cues) if _numpy_here(values) else None
     sorted_path = order is not None
+    # with every pixel valid (no void pixel under any request), the masks' sums come from the sort too
+    positional = sorted_path and all(masks.all_valid)
     per_map = [a.numpy() for a in (v_min, v_max, half, lo, divisor)] if sorted_path else None
-    norm = _normalised(values, half, lo, divisor) if not sorted_path or cues is not None else None
+    pixelwise = cues is not None and not positional                     # the cue family's per-pixel sums
+    norm = _normalised(values, half, lo, divisor) if not sorted_path or pixelwise else None
     counts = order.otsu_counts(*per_map, OTSU_BINS) if sorted_path else _otsu_counts(norm)
     thresholds = otsu_thresholds(counts)                                 # the one sync before the end
     cut = torch.where(const, float("inf"), torch.from_numpy(thresholds).to(device))
     first_on = order.first_above(*per_map, cut.numpy()) if sorted_path else None
-    binary = norm > cut[:, None] if not sorted_path or cues is not None else None
+    binary = norm > cut[:, None] if not sorted_path or pixelwise else None
 
     stats = torch.full((M, U, 9 + (7 if cues is not None else 0)), float("nan"), dtype=torch.float64, device=device)
-    _mask_sums(stats, binary, _positive_part(values), norm, masks.gts, masks.valids, cues, counted=sorted_path)
+    if positional:
+        _sorted_sums(stats.numpy(), order, values.numpy(), non_negative, per_map[2:], first_on, cues is not None)
+    else:
+        _mask_sums(stats, binary, _positive_part(values), norm, masks.gts, masks.valids, cues, counted=sorted_path)
     del norm, binary
     if sorted_path:
         table = stats.numpy()
         for u in range(U):
-            order.slot_stats(table[:, u], u, all_valid=bool(masks.valids[:, u].all()), first_on=first_on,
+            order.slot_stats(table[:, u], u, all_valid=masks.all_valid[u], first_on=first_on,
                              ranks=bool(masks.gts[:, u].any()))
     else:
         _threshold_free_stats(stats, values, masks.gts, masks.valids)
@@ -269,18 +281,64 @@ def _positive_part(values: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.maximum(v, np.float32(0.0), out=np.empty(v.shape, np.float64)))
 
 
-def _sorted_maps(values: torch.Tensor, masks: _Masks, non_negative: bool) -> SortedMaps | None:
-    """The chunk's maps sorted once, each pixel carrying its slots' valid and object bits (``2·u``, ``2·u + 1``);
-    None when the keys cannot hold them (then the tensor path scores the chunk)."""
+def _sorted_maps(values: torch.Tensor, masks: _Masks, non_negative: bool, cues: torch.Tensor | None
+                 ) -> SortedMaps | None:
+    """The chunk's maps sorted once, each pixel carrying its slots' valid and object bits (``2·u``, ``2·u + 1``)
+    and, with ``cues``, its cue bit (``2·U``); None when the keys cannot hold them (then the tensor path scores
+    the chunk)."""
     M, U = values.shape[0], masks.n_slots
-    if not fits(M, 2 * U):
+    bits = 2 * U + (cues is not None)
+    if not fits(M, bits):
         return None
-    dtype = np.uint8 if 2 * U <= 8 else np.uint16 if 2 * U <= 16 else np.uint32
+    dtype = np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
     labels = np.zeros(masks.gts.shape[::2], dtype=dtype)                # [B, N]
     for u in range(U):
         labels |= masks.valids[:, u].numpy().astype(dtype) << dtype(2 * u)
         labels |= masks.gts[:, u].numpy().astype(dtype) << dtype(2 * u + 1)
-    return SortedMaps(values.numpy(), labels, 2 * U, non_negative)
+    if cues is not None:
+        labels |= cues.numpy().astype(dtype) << dtype(2 * U)
+    return SortedMaps(values.numpy(), labels, bits, non_negative)
+
+
+def _sorted_sums(table: np.ndarray, order: SortedMaps, values: np.ndarray, non_negative: bool, per_map: list,
+                 first_on: np.ndarray, cue: bool) -> None:
+    """Columns 2-5 of ``table`` (``[M, U, ≥9]`` float64: valid and object pixels, relevance mass in total and on
+    the object) and, with ``cue``, 9-15 (see :func:`_mask_sums`) of a chunk in which every pixel is valid under
+    every slot: each mask's pixels are a set of sorted positions (labels ``2·u + 1``, the cue's ``2·U``), its
+    pixel count a count of them, a binary map's pixels in it the positions at or after ``first_on``, and a
+    sum over it the sum of the values read back from the keys (positive part, or normalised by ``per_map`` =
+    ``(half, lo, divisor)`` in float32 as :func:`_normalised`), in float64. The sums over all pixels come
+    from the maps themselves."""
+    M, U = table.shape[:2]
+    N = values.shape[1]
+    half, lo, divisor = per_map
+    halved = not bool((half == 1).all())
+
+    def positive(x, counts=None):
+        return x if non_negative else np.maximum(x, np.float32(0.0))
+
+    def normalised(x, counts=None):                                     # float32, as _normalised
+        per = (lambda a: a) if counts is None else (lambda a: np.repeat(a[:, 0], counts))
+        scaled = x * per(half) - per(lo) if halved else x - per(lo)
+        return np.divide(scaled, per(divisor), out=scaled)
+
+    table[:, :, 2] = N
+    table[:, :, 4] = positive(values).sum(axis=1, dtype=np.float64)[:, None]
+    if cue:
+        table[:, :, 9] = normalised(values).sum(axis=1, dtype=np.float64)[:, None]
+        on_cue = order.where(1 << (2 * U))
+        table[:, :, 10] = order.sums_at(on_cue, normalised)[:, None]
+        table[:, :, 12] = order.from_each(on_cue, first_on)[:, None]
+        table[:, :, 14] = order.per_row(on_cue)[:, None]
+    for u in range(U):
+        on_object = order.where(1 << (2 * u + 1))
+        table[:, u, 3] = order.per_row(on_object)
+        table[:, u, 5] = order.sums_at(on_object, positive)
+        if cue:
+            off_cue = order.subset(on_object, 0, 1 << (2 * U))
+            table[:, u, 11] = order.sums_at(off_cue, normalised)
+            table[:, u, 13] = order.from_each(off_cue, first_on)
+            table[:, u, 15] = order.per_row(off_cue)
 
 
 def _otsu_counts(norm: torch.Tensor) -> np.ndarray:

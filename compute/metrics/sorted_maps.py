@@ -15,6 +15,9 @@ them:
   threshold are the sorted pixels from one position on, found the same way.
 - **The rank-based scores** of every request's masks (pointing game, relevance rank, ROC-AUC), from the
   positions of each mask's pixels in the sorted order.
+- **A mask's pixel counts and sums** (:meth:`SortedMaps.where`, :meth:`SortedMaps.sums_at`): its pixels'
+  sorted positions, how many lie in each row or above the binary map's cut, and the float64 sum of a function
+  of their values, read back from the keys — the same float32 values, summed in another order.
 
 Keys: all maps of a chunk go into one int64 array, row by row, each key ``1 << 62 | row << (32 + L) | value
 << L | label``: ``value`` the float32 bits made into an order-preserving unsigned integer (``-0.0`` made
@@ -66,6 +69,7 @@ class SortedMaps:
         M, N = values.shape
         B = labels.shape[0]
         self.M, self.N, self.L = M, N, label_bits
+        self.non_negative = non_negative
         self.rows = np.arange(M, dtype=np.int64)
         self.row_start = self.rows * N
         self._base = _FLOAT_ORDER + (self.rows << (32 + label_bits)) + (1 << (31 + label_bits))
@@ -78,7 +82,53 @@ class SortedMaps:
         np.bitwise_or(k3, labels[:, None, :], out=k3)
         key.view(np.float64).sort(axis=1)                                # as float64: faster, same order
         self.flat = key.reshape(-1)
-        self.label = None                                                # the label bits, made when needed
+        self._label = None                                               # the label bits, made when needed
+        self._where: dict[tuple[int, int], np.ndarray] = {}
+
+    # -- pixels of a mask, and sums over them ------------------------------------------------------------------
+
+    def where(self, bits: int, clear: int = 0) -> np.ndarray:
+        """Flat positions (ascending) of the pixels whose labels have every bit of ``bits`` set and every bit of
+        ``clear`` clear; computed once per pair."""
+        if (bits, clear) not in self._where:
+            if self._label is None:
+                self._label = self.flat.astype(np.uint8 if self.L <= 8 else np.uint16 if self.L <= 16 else np.uint32)
+            picked = np.bitwise_and(self._label, bits | clear)
+            self._where[bits, clear] = np.flatnonzero(picked != 0 if clear == 0 and bits.bit_count() == 1
+                                                      else picked == bits)
+        return self._where[bits, clear]
+
+    def per_row(self, pos: np.ndarray) -> np.ndarray:
+        """``[M]``: how many of the flat positions ``pos`` (ascending) lie in each row."""
+        return np.diff(np.searchsorted(pos, np.append(self.row_start, self.M * self.N)))
+
+    def from_each(self, pos: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """``[M]``: how many of the flat positions ``pos`` (ascending) lie in each row ``m`` at or after ``first[m]``
+        (a flat position within the row, or its end)."""
+        return np.searchsorted(pos, self.row_start + self.N) - np.searchsorted(pos, first)
+
+    def values_at(self, pos: np.ndarray) -> np.ndarray:
+        """The float32 values of the pixels at flat positions ``pos`` (``-0.0`` read as ``+0.0``)."""
+        word = (self.flat[pos] >> self.L).astype(np.int32)              # the ordered value, offset by 2**31
+        np.bitwise_xor(word, np.int32(-1 << 31), out=word)
+        return (word if self.non_negative else _flip_negative(word)).view(np.float32)
+
+    def sums_at(self, pos: np.ndarray, of) -> np.ndarray:
+        """``[M]`` float64: per row, the sum of ``of(values, counts)`` over the pixels at flat positions ``pos``
+        (ascending): ``values`` their float32 values, row after row, ``counts`` how many lie in each row."""
+        counts = self.per_row(pos)
+        sums = np.zeros(self.M)
+        if len(pos):
+            some = np.flatnonzero(counts)                                # rows with a pixel: increasing starts
+            starts = (np.cumsum(counts) - counts)[some]
+            sums[some] = np.add.reduceat(of(self.values_at(pos), counts).astype(np.float64), starts)
+        return sums
+
+    def subset(self, pos: np.ndarray, bits: int, clear: int = 0) -> np.ndarray:
+        """The flat positions ``pos`` (ascending) whose labels have every bit of ``bits`` set and every bit of
+        ``clear`` clear (as :meth:`where`, within ``pos``: cheaper when ``pos`` are few)."""
+        picked = np.bitwise_and(self.flat[pos], bits | clear)
+        return pos[picked == bits]
 
     def first_at_least(self, x: np.ndarray) -> np.ndarray:
         """Flat position of the first pixel of each row ``m`` whose value is ``>= x[m, e]`` (the row's end when
@@ -125,13 +175,11 @@ class SortedMaps:
         lies after ``g`` plus the number of void pixels with at most ``g`` valid ones before them."""
         M, N, flat = self.M, self.N, self.flat
         rows, row_start = self.rows, self.row_start
-        if self.label is None:
-            self.label = flat.astype(np.uint8 if self.L <= 8 else np.uint16 if self.L <= 16 else np.uint32)
-        on_object = np.flatnonzero(np.bitwise_and(self.label, 1 << (2 * slot + 1)) != 0)   # sorted positions
+        on_object = self.where(1 << (2 * slot + 1))                     # sorted positions
         offs = np.searchsorted(on_object, row_start)
         ends = np.append(offs[1:], len(on_object))
         n_pos = ends - offs
-        void = None if all_valid else np.flatnonzero(np.bitwise_and(self.label, 1 << (2 * slot)) == 0)
+        void = None if all_valid else self.where(0, 1 << (2 * slot))
 
         def valid_upto(pos: np.ndarray) -> np.ndarray:
             """Valid pixels of the whole chunk before flat positions ``pos``."""

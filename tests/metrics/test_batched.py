@@ -114,6 +114,53 @@ def test_cue_columns_equal_the_reference(cue_kind):
             _assert_rows_equal(got[k][r], want, f"map {k} {protocol} {classes}")
 
 
+def _no_void_images(rng, shape):
+    """Four images without void pixels: one class (its ``clean [8]`` mask is ``report``'s), two classes, a cue on
+    part of the object, an empty cue, and a last image without the class ``clean`` asks for."""
+    masks, cues = [], []
+    for b in range(4):
+        mask = np.zeros(shape, np.uint8)
+        mask[4 + b: 20, 6: 28 - b] = 8 if b < 3 else 3
+        if b in (1, 2):
+            mask[22:30, 2:12] = 3
+        cue = np.zeros(shape, bool)
+        if b != 2:
+            cue[14:30, 20 + b: 38] = True                               # over the object's corner and beside it
+        masks.append(mask)
+        cues.append(cue)
+    return masks, cues
+
+
+@pytest.mark.parametrize("with_cue", [True, False])
+@pytest.mark.parametrize("non_negative", [False, True])
+def test_images_without_void_pixels_equal_the_reference(monkeypatch, with_cue, non_negative):
+    """Where every pixel is valid under every request (the planted-cue images), the masks' pixel counts and sums
+    come from the sort's positions, not from a pass over the pixels: several images in one chunk or one image
+    a chunk, requests that share a mask (a spare slot), rows without object pixels at the chunk's end, an empty
+    cue, signed maps (with -0.0, non-finite values, a constant) or only non-negative ones."""
+    import compute.metrics.batched as batched
+
+    def per_pixel(*args, **kwargs):
+        raise AssertionError("every pixel is valid: the sums come from the sort")
+
+    monkeypatch.setattr(batched, "_mask_sums", per_pixel)
+    rng = np.random.default_rng(23)
+    shape = (36, 44)
+    masks, cues = _no_void_images(rng, shape)
+    maps = [[m for m in _maps(rng, shape) if not non_negative or not (m < 0).any()] for _ in masks]
+    requests = [("report", None), ("clean", [8])]
+    items = [([torch.from_numpy(m) for m in maps[b]], masks[b], requests, cues[b] if with_cue else None)
+             for b in range(4)]
+    for max_pixels in (None, 36 * 44):
+        got = score_images(items, max_pixels=max_pixels)
+        for b in range(4):
+            for k, m in enumerate(maps[b]):
+                for r, (protocol, classes) in enumerate(requests):
+                    want = score(m, masks[b], protocol, gt_classes=classes,
+                                 extra_masks={"cue": cues[b]} if with_cue else None)
+                    _assert_rows_equal(got[b][k][r], want, f"image {b} map {k} {protocol} {max_pixels}")
+
+
 def test_otsu_threshold_is_skimages_bit_for_bit_on_many_maps():
     from skimage.filters import threshold_otsu
 

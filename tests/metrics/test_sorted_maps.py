@@ -92,6 +92,44 @@ def test_the_sorted_keys_carry_each_pixels_labels_and_are_sorted_across_rows():
         assert np.array_equal((row - order._base[m]) >> 4 >= 0, np.sort(values[m]) >= 0)   # the values' order
 
 
+@pytest.mark.parametrize("non_negative", [False, True])
+def test_a_masks_pixels_counts_and_sums_read_from_the_sorted_keys_equal_a_pass_over_the_maps(non_negative):
+    """Per row: a label's pixels (``where``, and ``subset`` within them), how many there are, how many lie at or
+    after a position, and the float64 sum of a function of their values read back from the keys (-0.0 as
+    +0.0) — against the same computed from the unsorted maps and labels. Rows without any such pixel (first,
+    middle, last) sum to 0."""
+    rng = np.random.default_rng(5)
+    values = np.abs(_rows(rng)) if non_negative else _rows(rng)         # (halved rows' values stay finite)
+    M, N = values.shape
+    labels = rng.integers(0, 8, size=(1, N)).astype(np.uint8)
+    labels[0, :40] = 0
+    order = SortedMaps(values, labels, 3, non_negative=non_negative)
+    inside = (labels[0] & 2 != 0) & (labels[0] & 4 == 0)
+    pos = order.subset(order.where(2), 0, 4)
+    assert np.array_equal(pos, order.where(2, 4))
+    assert np.array_equal(order.per_row(pos), np.full(M, inside.sum()))
+
+    first = order.row_start + rng.integers(0, N + 1, size=M)             # a position within each row, or its end
+    first[0], first[-1] = order.row_start[0], order.row_start[-1] + N
+    after = order.from_each(pos, first)
+    assert after[0] == inside.sum() and after[-1] == 0
+    for m in range(M):
+        assert after[m] == np.count_nonzero((pos >= first[m]) & (pos < (m + 1) * N)), m
+
+    def squared(x, counts):
+        assert counts.sum() == len(x)
+        return x.astype(np.float64) ** 2
+
+    want = [np.sum((values[m][inside] + np.float32(0.0)).astype(np.float64) ** 2) for m in range(M)]
+    np.testing.assert_allclose(order.sums_at(pos, squared), want, rtol=1e-12)
+    assert np.array_equal(np.sort(order.values_at(pos[:inside.sum()])), np.sort(values[0][inside] + np.float32(0.0)))
+    empty = order.subset(pos, 1, 0)[:0]
+    assert np.array_equal(order.sums_at(empty, squared), np.zeros(M))
+    only_middle = pos[(pos >= 4 * N) & (pos < 5 * N)]
+    sums = order.sums_at(only_middle, squared)
+    assert sums[4] == pytest.approx(want[4], rel=1e-12) and not np.any(np.delete(sums, 4))
+
+
 def _score(monkeypatch=None):
     from compute.metrics.batched import score_images
 
