@@ -49,9 +49,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compute.metrics.cue import cue_scores_from_sums
+from compute.metrics.cue import cue_columns
 from compute.metrics import LOCALISATION_COLUMNS
-from compute.metrics.localisation import SPAN_LIMIT, confusion_scores
+from compute.metrics.localisation import SPAN_LIMIT, confusion_columns, fraction
 from compute.metrics.sorted_maps import SortedMaps, fits
 from compute.metrics.threshold_free import THRESHOLD_FREE_COLUMNS
 from store.maps import OTSU_BINS, ground_truth, otsu_thresholds
@@ -257,10 +257,9 @@ def _score_chunk(items: Sequence[Item], images: list[int], maps: range, size: tu
                              ranks=bool(masks.gts[:, u].any()))
     else:
         _threshold_free_stats(stats, values, masks.gts, masks.valids)
-    table = stats.cpu().numpy().tolist()                                # Python floats, converted at once
     threshold = [None if c else t for c, t in zip(const.tolist(), thresholds.tolist())]
-
-    return [_map_rows(table[m], masks.slot[m // K], items[images[m // K]][2], threshold[m]) for m in range(M)]
+    names, values = _slot_values(stats.cpu().numpy(), threshold)
+    return [_map_rows(names, values[m], masks.slot[m // K], items[images[m // K]][2]) for m in range(M)]
 
 
 def _normalised(values: torch.Tensor, half: torch.Tensor, lo: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
@@ -352,23 +351,46 @@ def _otsu_counts(norm: torch.Tensor) -> np.ndarray:
     return torch.bincount(bins.reshape(-1), minlength=M * OTSU_BINS).view(M, OTSU_BINS).cpu().numpy()
 
 
-def _map_rows(table: list, slots: list[int], requests, threshold: float | None) -> list[dict]:
-    """One map's rows, one per request, from its slots' ``table`` rows; requests that share a slot and are
-    both defined (or both undefined) share the same numbers, so the row is built once and copied."""
+def _map_rows(names: list[str], values: list[list], slots: list[int], requests) -> list[dict]:
+    """One map's rows, one per request, from its slots' ``values`` (in the order of ``names``); requests that
+    share a slot and are both defined (or both undefined) share the same numbers, so the row is built once and
+    copied."""
     built: dict[tuple[int, bool], dict] = {}
     rows = []
     for u, (protocol, classes) in zip(slots, requests):
         undefined = classes is not None and len(classes) == 0 and protocol != "report"
         if (u, undefined) not in built:
-            s = table[u]
-            row = _row(s, threshold, undefined=undefined)
-            if len(s) > 9:
-                row.update(_cue_row(s[9:], s[1], s[2]))
+            row = dict(zip(names, values[u]))
+            if undefined:                                    # nothing to localise: only the cue columns stand
+                row.update(_UNDEFINED)
             built[u, undefined] = row
             rows.append(row)
         else:
             rows.append(dict(built[u, undefined]))
     return rows
+
+
+_UNDEFINED = {c: None for c in LOCALISATION_COLUMNS + THRESHOLD_FREE_COLUMNS}
+
+
+def _slot_values(table: np.ndarray, threshold: list) -> tuple[list[str], list]:
+    """The row columns' names and, per map and slot, their values (``[M][U]`` lists of Python floats and
+    None) from the chunk's ``table`` (``[M, U, ≥9]`` float64, see :func:`_mask_sums` and :func:`_sorted_sums`)
+    and each map's Otsu ``threshold``: the families' own column definitions, over all rows at once."""
+    s = np.moveaxis(table, -1, 0)                                       # [C, M, U]
+    tp, pred_valid, n_valid, n_gt, mass_total, mass_on, pointing, rank, auc = s[:9]
+    fp, fn = pred_valid - tp, n_gt - tp
+    has_gt = n_gt > 0
+    columns = {**confusion_columns(tp, fp, fn, n_valid - tp - fp - fn), "threshold": (np.nan, False),
+               "relevance_mass": fraction(mass_on, mass_total, also=has_gt), "relevance_rank": (rank, has_gt),
+               "pointing_game": (pointing, has_gt), "roc_auc": (auc, has_gt & (n_valid - n_gt > 0))}
+    if len(s) > 9:
+        columns.update(cue_columns(*s[9:12], pred_valid, *s[12:16], n_valid))
+    names = list(columns)
+    values = np.stack([np.broadcast_to(v, tp.shape) for v, _ in columns.values()], axis=-1).astype(object)
+    values[~np.stack([np.broadcast_to(d, tp.shape) for _, d in columns.values()], axis=-1)] = None
+    values[:, :, names.index("threshold")] = np.array(threshold, dtype=object)[:, None]
+    return names, values.tolist()
 
 
 def _cues(items: Sequence[Item], images: list[int], n: int, device: torch.device) -> torch.Tensor:
@@ -614,29 +636,6 @@ def _slot_stats(out: torch.Tensor, label: torch.Tensor, shift: int, runs: _TieRu
     out[:, 7] = _per_row(row, take.div_(in_run), M) / n_pos
     rank_sum = _per_row(row, below.add_(upto).add_(1.0), M) / 2.0      # integers: exact in any order
     out[:, 8] = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * (n - n_pos))
-
-
-def _row(s: list[float], threshold: float | None, undefined: bool) -> dict:
-    tp, pred_valid, n_valid, n_gt, mass_total, mass_on, pointing, rank, auc = s[:9]
-    if undefined:
-        return {c: None for c in LOCALISATION_COLUMNS + THRESHOLD_FREE_COLUMNS}
-    fp, fn = pred_valid - tp, n_gt - tp
-    row = {**confusion_scores(tp, fp, fn, n_valid - tp - fp - fn), "threshold": threshold}
-    tf = {c: None for c in THRESHOLD_FREE_COLUMNS}
-    if n_gt > 0:
-        tf["pointing_game"] = pointing
-        tf["relevance_rank"] = rank
-        if mass_total > 0:
-            tf["relevance_mass"] = mass_on / mass_total
-        if n_valid - n_gt > 0:
-            tf["roc_auc"] = auc
-    row.update(tf)
-    return row
-
-
-def _cue_row(s: list[float], pred_valid: float, n_valid: float) -> dict:
-    total, on_cue, on_obj, pred_cue, pred_obj, n_cue, n_obj = s[:7]
-    return cue_scores_from_sums(total, on_cue, on_obj, pred_valid, pred_cue, pred_obj, n_cue, n_obj, n_valid)
 
 
 __all__ = ["MAX_PIXELS", "MAX_PIXELS_CPU", "score_image", "score_images"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compute.metrics.localisation import ground_truth, minmax_normalise, otsu_binarise, upsample
+from compute.metrics.localisation import fraction, ground_truth, minmax_normalise, otsu_binarise, row_of, upsample
 
 CUE_COLUMNS = ("cue_mass", "object_mass", "cue_iou", "object_iou", "cue_area")
 
@@ -30,14 +30,21 @@ def cue_scores_from_sums(total: float, on_cue: float, on_obj: float, pred: float
     """The cue columns from one map's sums over the valid pixels: ``total`` mass, the mass ``on_cue`` and
     ``on_obj``; ``pred`` pixels in the Otsu mask, ``pred_cue`` / ``pred_obj`` of them on the cue / object; the
     pixel counts ``n_cue``, ``n_obj`` and ``n_valid``. Shared by :func:`cue_scores` and the batched scorer."""
+    return row_of(cue_columns(total, on_cue, on_obj, pred, pred_cue, pred_obj, n_cue, n_obj, n_valid))
+
+
+def cue_columns(total, on_cue, on_obj, pred, pred_cue, pred_obj, n_cue, n_obj, n_valid) -> dict:
+    """:func:`cue_scores_from_sums` elementwise over floats or float64 arrays, as ``{column: (value, defined)}``
+    (see :func:`compute.metrics.localisation.fraction`)."""
     cue_union = pred + n_cue - pred_cue
     obj_union = pred + n_obj - pred_obj
+    has_cue = np.greater(n_cue, 0)
     return dict(zip(CUE_COLUMNS, (
-        on_cue / total if total > 0 and n_cue > 0 else None,
-        on_obj / total if total > 0 else None,
-        pred_cue / cue_union if n_cue > 0 and cue_union > 0 else None,
-        pred_obj / obj_union if obj_union > 0 else None,
-        n_cue / n_valid if n_valid > 0 else None,
+        fraction(on_cue, total, also=has_cue),
+        fraction(on_obj, total),
+        fraction(pred_cue, cue_union, also=has_cue),
+        fraction(pred_obj, obj_union),
+        fraction(n_cue, n_valid),
     )))
 
 
@@ -66,4 +73,4 @@ def cue_scores(heatmap, mask: np.ndarray, cue: np.ndarray, protocol: str = "clea
         pred_cue=int(np.count_nonzero(binary & cue)), pred_obj=int(np.count_nonzero(binary & obj)),
         n_cue=int(np.count_nonzero(cue)), n_obj=int(np.count_nonzero(obj)), n_valid=int(np.count_nonzero(valid)))
 
-__all__ = ["CUE_COLUMNS", "cue_scores", "cue_scores_from_sums"]
+__all__ = ["CUE_COLUMNS", "cue_columns", "cue_scores", "cue_scores_from_sums"]

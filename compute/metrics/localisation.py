@@ -65,8 +65,19 @@ def confusion(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> tuple[int,
     return tp, fp, fn, tn
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return float(num) / float(den) if den > 0 else None
+def fraction(num, den, also=True, otherwise=None) -> tuple:
+    """``(num / den, defined)`` elementwise over floats or float64 arrays: defined where ``den > 0`` and ``also``;
+    with ``otherwise``, that value where ``den`` is not positive, and always defined."""
+    ok = np.greater(den, 0)
+    value = np.divide(num, np.where(ok, den, 1.0))
+    if otherwise is not None:
+        return np.where(ok, value, otherwise), True
+    return value, ok & also
+
+
+def row_of(columns: dict) -> dict:
+    """One row from ``{column: (value, defined)}`` of scalars: undefined values are None."""
+    return {c: float(v) if d else None for c, (v, d) in columns.items()}
 
 
 def localisation_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> dict:
@@ -77,14 +88,21 @@ def localisation_scores(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | No
 
 def confusion_scores(tp: float, fp: float, fn: float, tn: float) -> dict:
     """The localisation columns from the confusion counts over the valid pixels."""
+    return row_of(confusion_columns(tp, fp, fn, tn))
+
+
+def confusion_columns(tp, fp, fn, tn) -> dict:
+    """:func:`confusion_scores` elementwise over floats or float64 arrays of counts, as ``{column: (value,
+    defined)}`` (see :func:`fraction`): the one definition of these ratios, for one map or for many."""
+    total = tp + fp + fn + tn
     return {
-        "iou": _ratio(tp, tp + fp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "pixel_accuracy": _ratio(tp + tn, tp + fp + fn + tn),
-        "precision": float(tp) / (tp + fp) if (tp + fp) > 0 else 0.0,
-        "recall": _ratio(tp, tp + fn),
-        "pred_area": _ratio(tp + fp, tp + fp + fn + tn),
-        "gt_area": _ratio(tp + fn, tp + fp + fn + tn),
+        "iou": fraction(tp, tp + fp + fn),
+        "f1": fraction(2 * tp, 2 * tp + fp + fn),
+        "pixel_accuracy": fraction(tp + tn, total),
+        "precision": fraction(tp, tp + fp, otherwise=0.0),
+        "recall": fraction(tp, tp + fn),
+        "pred_area": fraction(tp + fp, total),
+        "gt_area": fraction(tp + fn, total),
     }
 
 
