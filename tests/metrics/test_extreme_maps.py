@@ -27,12 +27,15 @@ def test_minmax_of_a_finite_map_wider_than_float32_stays_in_unit_range():
     np.testing.assert_allclose(out, [[0.0, 0.5, 4 / 6], [1.0, 5 / 6, 2 / 6]], rtol=1e-6)
 
 
-def test_score_and_batched_agree_on_a_map_wider_than_float32():
+@pytest.mark.parametrize("with_cue", [False, True])
+def test_score_and_batched_agree_on_a_map_wider_than_float32(with_cue):
+    """(No void pixel: the cue family's sums are read back from the sorted keys and normalised halved.)"""
     mask = np.array([[0, 8, 8], [8, 8, 0]], np.uint8)
+    cue = np.array([[1, 1, 0], [0, 0, 1]], bool) if with_cue else None
     m = _huge_map()
-    got = score_image([torch.from_numpy(m)], mask, REQUESTS)
+    got = score_image([torch.from_numpy(m)], mask, REQUESTS, cue=cue)
     for r, (protocol, classes) in enumerate(REQUESTS):
-        want = score(m, mask, protocol, gt_classes=classes)
+        want = score(m, mask, protocol, gt_classes=classes, extra_masks={"cue": cue} if with_cue else None)
         if classes == []:
             continue
         assert want["threshold"] is not None and math.isfinite(want["threshold"])
